@@ -1,0 +1,67 @@
+# "Large models for founders": every command a learner, an instructor or CI needs.
+#   make start   set up (venv, pinned packages, data) and open the course in JupyterLab
+#   make test    set up, then run every test: library, data, exercises, notebooks (nbval),
+#                APIs, the docs site build and its browser test
+#   make bench   run the benchmarks; prints a table and writes build/bench/results.json
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8888
+JOBS ?= 2
+
+.PHONY: start setup data test test-lib test-notebooks site serve-site browser-deps bench execute clean-data
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP) data
+
+data: $(STAMP)
+	$(BIN)/python -m lm4f.data fetch
+
+start: setup
+	$(BIN)/jupyter lab --port=$(PORT) --notebook-dir=. chapters/appA_environment.ipynb
+
+# Every test, as CI runs it.
+test: setup browser-deps
+	$(BIN)/python -m pytest tests -n $(JOBS) -q --ignore=tests/site
+	$(MAKE) test-notebooks
+	$(BIN)/python -m pytest tests/site -q
+
+test-lib: setup
+	$(BIN)/python -m pytest tests -n $(JOBS) -q --ignore=tests/site
+
+# nbval: re-execute every stored chapter and solution notebook and compare its outputs.
+test-notebooks: setup
+	$(BIN)/python -m pytest -q -n $(JOBS) --nbval \
+	  --sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 chapters solutions
+
+site: setup
+	$(BIN)/mkdocs build --strict
+
+serve-site: setup
+	$(BIN)/mkdocs serve
+
+# Headless Chromium for the site's browser test (Debian's package; root installs it if missing).
+browser-deps:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "Install Chromium first: sudo apt-get install chromium"; exit 1; fi; }
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+# Re-execute one notebook in place with the stored (CI-size) settings: make execute NB=chapters/x.ipynb
+execute: setup
+	cd $(dir $(NB)) && LM4F_SIZE=ci $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
+	  --ExecutePreprocessor.timeout=900 $(notdir $(NB))
+
+clean-data:
+	rm -rf data
