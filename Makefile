@@ -27,7 +27,7 @@ data: $(STAMP)
 	$(BIN)/python -m lm4f.data fetch
 
 start: setup
-	$(BIN)/jupyter lab --port=$(PORT) --notebook-dir=. chapters/appA_environment.ipynb
+	$(BIN)/jupyter lab --port=$(PORT) --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) chapters/appA_environment.ipynb
 
 # Every test, as CI runs it.
 test: setup browser-deps
@@ -41,7 +41,7 @@ test-lib: setup
 # nbval: re-execute every stored chapter and solution notebook and compare its outputs.
 test-notebooks: setup
 	$(BIN)/python -m pytest -q -n $(JOBS) --nbval \
-	  --sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 chapters solutions
+	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 chapters solutions
 
 site: setup
 	$(BIN)/mkdocs build --strict

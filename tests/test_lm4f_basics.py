@@ -1,0 +1,123 @@
+"""Device choice, seeding, the size switch, the training loop helper, serving and exercise checks."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import lm4f
+from lm4f import checks, serving
+
+
+def test_seed_everything_repeats_numpy_and_torch():
+    lm4f.seed_everything(123)
+    first = (np.random.rand(3), torch.rand(3))
+    lm4f.seed_everything(123)
+    second = (np.random.rand(3), torch.rand(3))
+    assert np.array_equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_choose_device_cpu_here_and_clear_error_for_missing_gpu(monkeypatch):
+    monkeypatch.delenv("LM4F_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert lm4f.choose_device().type in (expected, "mps")
+    monkeypatch.setenv("LM4F_DEVICE", "cpu")
+    assert lm4f.choose_device().type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            lm4f.choose_device("cuda")
+
+
+@pytest.mark.parametrize("size, expected", [("ci", 2), ("full", 30), (None, 2)])
+def test_size_switch(size, expected):
+    env = {k: v for k, v in os.environ.items() if k != "LM4F_SIZE"}
+    if size:
+        env["LM4F_SIZE"] = size
+    output = subprocess.run([sys.executable, "-c", "import lm4f; print(lm4f.pick(ci=2, full=30))"],
+                            env=env, capture_output=True, text=True, check=True).stdout
+    assert output.strip() == str(expected)
+
+
+def test_bad_size_value_is_refused_with_the_fix():
+    env = dict(os.environ, LM4F_SIZE="huge")
+    result = subprocess.run([sys.executable, "-c", "import lm4f"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "LM4F_SIZE must be 'ci' or 'full'" in result.stderr
+
+
+def test_train_epochs_learns_a_linear_rule():
+    lm4f.seed_everything(0)
+    inputs = torch.randn(512, 4)
+    targets = (inputs @ torch.tensor([1.0, -2.0, 0.5, 3.0]) > 0).long()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets), batch_size=64, shuffle=True)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def evaluate(m):
+        return {"accuracy": (m(inputs).argmax(1) == targets).float().mean().item()}
+
+    history = lm4f.train_epochs(model, loader, torch.nn.functional.cross_entropy, optimizer, epochs=5,
+                                evaluate=evaluate, progress=False)
+    assert len(history) == 5
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["accuracy"] > 0.95
+
+
+def test_compare_passes_close_and_fails_wrong_with_hint(capsys):
+    assert checks.compare("same", np.ones(3), np.ones(3)) == 0.0
+    assert "exact" in capsys.readouterr().out
+    with pytest.raises(checks.ExerciseError, match="hint: flip the sign"):
+        checks.compare("sign", -np.ones(3), np.ones(3), hint="hint: flip the sign")
+    with pytest.raises(checks.ExerciseError, match="shape"):
+        checks.compare("shape", np.ones(2), np.ones(3))
+    with pytest.raises(checks.ExerciseError, match="returned None"):
+        checks.compare("none", None, np.ones(3))
+
+
+def test_run_check_turns_stub_into_failed_verdict():
+    def stub():
+        raise NotImplementedError("Exercise 3.1: write the backward rule")
+
+    with pytest.raises(checks.ExerciseError, match="Exercise 3.1"):
+        checks.run_check("backward", stub, hint="use the chain rule")
+
+
+def test_serving_starts_a_real_server_and_measures_latency():
+    import httpx
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping():
+        return {"ok": True}
+
+    with serving.start(app) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        with httpx.Client(base_url=server.url) as client:
+            assert client.get("/ping").json() == {"ok": True}
+            stats = serving.measure_latency(lambda: client.get("/ping"), requests=20, warmup=2)
+    assert stats["requests"] == 20 and 0 < stats["p50_ms"] <= stats["p95_ms"]
+    assert not server.thread.is_alive()
+
+
+def test_benchmark_runner_reports_failures(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    runner = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    spec = importlib.util.spec_from_file_location("bench_runner", runner)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "bench_good.py").write_text("def run():\n    return [{'metric': 'm', 'value': 1.5, 'unit': 'x'}]\n")
+    (tmp_path / "bench_bad.py").write_text("def run():\n    raise RuntimeError('boom')\n")
+    module.HERE = tmp_path
+    module.OUTPUT = tmp_path / "results.json"
+    assert module.main([]) == 1
+    import json
+
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["failed"] == ["bench_bad"]
+    assert report["figures"] == [{"metric": "m", "value": 1.5, "unit": "x", "benchmark": "good"}]
