@@ -40,7 +40,7 @@ test-lib: setup
 
 # nbval: re-execute every stored chapter and solution notebook and compare its outputs.
 test-notebooks: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --nbval \
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --nbval \
 	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 chapters solutions
 
 site: setup
