@@ -1,0 +1,115 @@
+"""The customer-review assistant as an HTTP API (case study 6.2).
+
+    app = create_app(classifier, retriever)
+    server = lm4f.serving.start(app)
+    httpx.post(server.url + "/classify", json={"text": "Runs small, lovely fabric"})
+    httpx.post(server.url + "/ask", json={"question": "Is it see-through?", "clothing_id": 1078, "k": 3})
+
+``classifier`` is anything with ``predict_proba(list_of_texts) -> array (N,)`` and a ``threshold``
+(e.g. ``lm4f.nlp.TfidfClassifier``); ``retriever`` has ``search(question, k, clothing_id)`` and
+``products()`` (e.g. ``lm4f.nlp.ReviewRetriever``). Every request body is typed by a Pydantic
+model: a wrong type, an empty or a too long text, an unknown field or malformed JSON gets a 4xx
+whose ``detail`` says what to send instead, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_TEXT_CHARS = 5000  # the longest review in the data set has about 500 words (< 3,000 characters)
+MAX_K = 20
+
+EXAMPLES = {
+    "/classify": '{"text": "Runs small but the fabric is lovely"}',
+    "/ask": '{"question": "Does it run small?", "clothing_id": 1078, "k": 3}',
+}
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS,
+                                           strict=True)]
+
+
+class ClassifyResponse(BaseModel):
+    recommended: bool
+    probability: float = Field(description="P(the reviewer recommends the item), 0 to 1")
+    threshold: float
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500,
+                                               strict=True)]
+    clothing_id: int | None = Field(default=None, strict=True, description="search only this product's reviews")
+    k: int = Field(default=3, ge=1, le=MAX_K, strict=True)
+
+
+class Answer(BaseModel):
+    clothing_id: int
+    score: float = Field(description="cosine similarity of question and review, -1 to 1")
+    review: str
+
+
+class AskResponse(BaseModel):
+    question: str
+    answers: list[Answer]
+
+
+def _explain(errors: list[dict], path: str) -> str:
+    """One readable sentence per validation error, then an example of a valid body."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(item) for item in error.get("loc", ()) if item != "body") or "body"
+        if error.get("type") == "json_invalid":
+            parts.append("the body is not valid JSON")
+        else:
+            parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    example = EXAMPLES.get(path, "")
+    return "; ".join(parts) + (f". Send JSON like {example}" if example else "")
+
+
+def create_app(classifier, retriever=None, title: str = "Customer-review assistant") -> FastAPI:
+    """Build the FastAPI app that serves ``/classify``, ``/ask`` and ``/health``."""
+    app = FastAPI(title=title, version="1.0")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        return JSONResponse(status_code=422, content={
+            "detail": _explain(error.errors(), request.url.path),
+            "errors": [{"loc": [str(item) for item in e.get("loc", ())], "msg": e.get("msg", "")}
+                       for e in error.errors()],
+        })
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "classify": True, "ask": retriever is not None,
+                "reviews_indexed": 0 if retriever is None else len(retriever.reviews)}
+
+    @app.post("/classify", response_model=ClassifyResponse)
+    def classify(request: ClassifyRequest) -> ClassifyResponse:
+        probability = float(classifier.predict_proba([request.text])[0])
+        threshold = float(getattr(classifier, "threshold", 0.5))
+        return ClassifyResponse(recommended=probability >= threshold, probability=round(probability, 4),
+                                threshold=threshold)
+
+    @app.post("/ask", response_model=AskResponse)
+    def ask(request: AskRequest) -> AskResponse:
+        if retriever is None:
+            raise HTTPException(status_code=503, detail="/ask is not enabled: create_app was given no retriever.")
+        if request.clothing_id is not None and request.clothing_id not in set(retriever.products()):
+            known = retriever.products()
+            raise HTTPException(status_code=404, detail=(
+                f"no reviews indexed for clothing_id {request.clothing_id}; "
+                f"use one of {known[:10]}{' ...' if len(known) > 10 else ''} or leave clothing_id out"))
+        hits = retriever.search(request.question, k=request.k, clothing_id=request.clothing_id)
+        answers = [Answer(clothing_id=hit["clothing_id"], score=round(hit["score"], 4), review=hit["review"])
+                   for hit in hits]
+        return AskResponse(question=request.question, answers=answers)
+
+    return app

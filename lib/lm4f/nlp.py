@@ -1,0 +1,214 @@
+"""The customer-review assistant of case study 6.2, the parts its notebook, its API and its tests share.
+
+- ``clean_reviews`` / ``split_reviews``: one cleaning rule and one seeded, stratified split, so the
+  notebook, the API test and the benchmark all train and score on the same reviews;
+- ``TfidfClassifier``: the TF-IDF + logistic-regression baseline with a tuned decision threshold;
+- ``load_minilm`` / ``ReviewRetriever``: MiniLM sentence embeddings and cosine top-k retrieval;
+- ``binary_report``: accuracy, macro-F1 and the confusion matrix in one dict.
+
+``Rating`` is never a feature: a 4-5 star review is almost always "recommended", so a model that
+sees the rating learns nothing about the text (the notebook measures how much it leaks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "LABEL",
+    "clean_reviews",
+    "split_reviews",
+    "binary_report",
+    "best_threshold",
+    "TfidfClassifier",
+    "load_minilm",
+    "ReviewRetriever",
+]
+
+LABEL = "Recommended IND"
+MIN_WORDS = 3  # a "review" shorter than this says nothing a model can learn from
+
+
+def clean_reviews(reviews, min_words: int = MIN_WORDS):
+    """Return a cleaned copy of the raw reviews and a dict counting what each rule removed.
+
+    Rules, in order: drop rows without review text (a title alone is kept as part of ``text``
+    when the text exists); fill a missing title with ""; drop exact duplicates of (title, text);
+    drop texts shorter than ``min_words`` words. Adds ``text`` = "title. review text" and
+    ``n_words``. The row index is reset; ``row`` keeps the position in the raw table.
+    """
+    import pandas as pd
+
+    frame = reviews.copy()
+    frame["row"] = np.arange(len(frame))
+    removed = {"raw rows": len(frame)}
+    has_text = frame["Review Text"].notna() & (frame["Review Text"].fillna("").str.strip() != "")
+    removed["missing text"] = int((~has_text).sum())
+    frame = frame[has_text].copy()
+    frame["Title"] = frame["Title"].fillna("").str.strip()
+    frame["Review Text"] = frame["Review Text"].str.strip()
+    duplicated = frame.duplicated(subset=["Title", "Review Text"], keep="first")
+    removed["duplicates"] = int(duplicated.sum())
+    frame = frame[~duplicated].copy()
+    title_part = frame["Title"].where(frame["Title"] == "", frame["Title"] + ". ")
+    frame["text"] = title_part + frame["Review Text"]
+    frame["n_words"] = frame["Review Text"].str.split().str.len()
+    too_short = frame["n_words"] < min_words
+    removed["too short"] = int(too_short.sum())
+    frame = frame[~too_short].reset_index(drop=True)
+    frame[LABEL] = frame[LABEL].astype("int64")
+    removed["kept"] = len(frame)
+    assert isinstance(frame, pd.DataFrame)
+    return frame, removed
+
+
+def split_reviews(frame, seed: int = 0, validation: float = 0.1, test: float = 0.1) -> dict:
+    """Stratified train / validation / test split of a cleaned frame, fixed by ``seed``.
+
+    Returns ``{"train", "validation", "test"}`` DataFrames (each with a fresh index). Every split
+    keeps the share of recommended reviews of the whole (about 0.82).
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = frame[LABEL].to_numpy()
+    rest, test_part = train_test_split(frame, test_size=test, stratify=labels, random_state=seed)
+    relative = validation / (1.0 - test)
+    train_part, validation_part = train_test_split(
+        rest, test_size=relative, stratify=rest[LABEL].to_numpy(), random_state=seed)
+    return {name: part.reset_index(drop=True)
+            for name, part in (("train", train_part), ("validation", validation_part), ("test", test_part))}
+
+
+def binary_report(labels, predictions) -> dict:
+    """Accuracy, macro-F1 and the 2x2 confusion matrix ([[TN, FP], [FN, TP]], rows = truth)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels have shape {labels.shape} but predictions {predictions.shape}; "
+                         "pass one 0/1 prediction per review.")
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro")),
+        "confusion": confusion_matrix(labels, predictions, labels=[0, 1]).tolist(),
+    }
+
+
+def best_threshold(probabilities, labels, grid=None) -> float:
+    """The decision threshold on P(recommended) that maximises macro-F1 on these (validation) data."""
+    from sklearn.metrics import f1_score
+
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels)
+    grid = np.round(np.arange(0.05, 0.96, 0.01), 2) if grid is None else np.asarray(grid)
+    scores = [f1_score(labels, (probabilities >= t).astype(int), average="macro") for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+@dataclass
+class TfidfClassifier:
+    """TF-IDF of word 1-2-grams and character 3-5-grams, then logistic regression.
+
+    ``fit(texts, labels)`` trains; ``tune_threshold(texts, labels)`` picks the threshold on
+    validation data; ``predict_proba(texts)`` gives P(recommended) per text, shape (N,).
+    """
+
+    max_features: int = 50_000
+    C: float = 4.0
+    threshold: float = 0.5
+    pipeline: object = field(default=None, repr=False)
+
+    def fit(self, texts, labels):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import FeatureUnion, make_pipeline
+
+        features = FeatureUnion([
+            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=self.max_features,
+                                      sublinear_tf=True, strip_accents="unicode")),
+            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=3,
+                                      max_features=self.max_features, sublinear_tf=True)),
+        ])
+        self.pipeline = make_pipeline(features, LogisticRegression(C=self.C, max_iter=2000))
+        self.pipeline.fit(list(texts), np.asarray(labels))
+        return self
+
+    def _check_fitted(self):
+        if self.pipeline is None:
+            raise RuntimeError("TfidfClassifier is not trained yet: call .fit(texts, labels) first.")
+
+    def predict_proba(self, texts) -> np.ndarray:
+        self._check_fitted()
+        if isinstance(texts, str):
+            raise TypeError("predict_proba takes a list of texts; wrap one text as [text].")
+        return self.pipeline.predict_proba(list(texts))[:, 1]
+
+    def decision_function(self, texts) -> np.ndarray:
+        """The logistic regression's logit per text, shape (N,)."""
+        self._check_fitted()
+        return self.pipeline.decision_function(list(texts))
+
+    def tune_threshold(self, texts, labels) -> float:
+        self.threshold = best_threshold(self.predict_proba(texts), labels)
+        return self.threshold
+
+    def predict(self, texts) -> np.ndarray:
+        return (self.predict_proba(texts) >= self.threshold).astype(np.int64)
+
+    @property
+    def n_parameters(self) -> int:
+        self._check_fitted()
+        model = self.pipeline[-1]
+        return int(model.coef_.size + model.intercept_.size)
+
+
+def load_minilm(max_seq_length: int = 128, device: str = "cpu"):
+    """The pretrained all-MiniLM-L6-v2 as a ``SentenceTransformer`` (offline, from lm4f.data)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    from lm4f.data import minilm_path
+
+    model = SentenceTransformer(str(minilm_path()), device=str(device))
+    model.max_seq_length = max_seq_length
+    return model
+
+
+def embed(encoder, texts, batch_size: int = 64) -> np.ndarray:
+    """Unit-length MiniLM sentence embeddings, float32 array of shape (N, 384)."""
+    vectors = encoder.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                             normalize_embeddings=True, show_progress_bar=False)
+    return vectors.astype(np.float32)
+
+
+class ReviewRetriever:
+    """Cosine top-k over review embeddings: "does it run small?" -> the reviews that answer it.
+
+    ``reviews`` is a DataFrame with at least ``text`` and ``Clothing ID``; its embeddings are
+    computed once here (N, 384). ``search(question, k, clothing_id)`` returns a list of dicts.
+    """
+
+    def __init__(self, encoder, reviews, batch_size: int = 64):
+        self.encoder = encoder
+        self.reviews = reviews.reset_index(drop=True)
+        self.embeddings = embed(encoder, self.reviews["text"], batch_size=batch_size)  # (N, 384)
+        self.clothing_ids = self.reviews["Clothing ID"].to_numpy()
+
+    def products(self) -> list[int]:
+        return sorted(int(i) for i in np.unique(self.clothing_ids))
+
+    def search(self, question: str, k: int = 3, clothing_id: int | None = None) -> list[dict]:
+        if clothing_id is not None and clothing_id not in set(self.clothing_ids.tolist()):
+            raise KeyError(f"no reviews for clothing_id {clothing_id}; known ids: {self.products()[:20]}")
+        query = embed(self.encoder, [question])[0]  # (384,)
+        scores = self.embeddings @ query  # (N,) cosine similarities (unit vectors)
+        candidates = np.arange(len(scores))
+        if clothing_id is not None:
+            candidates = candidates[self.clothing_ids == clothing_id]
+        order = candidates[np.argsort(-scores[candidates], kind="stable")][:k]
+        return [{"clothing_id": int(self.clothing_ids[i]), "score": float(scores[i]),
+                 "review": str(self.reviews.loc[i, "text"]), "row": int(self.reviews.loc[i, "row"])}
+                for i in order]
