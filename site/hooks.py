@@ -12,7 +12,8 @@
    from a CDN (the ipywidgets embed manager, Mermaid) and its empty MathJax `<script src="">`:
    the site must work offline. The theme draws Mermaid (`pre.mermaid`) with the local copy in
    `assets/vendor/`, and every widget in the course has a static table or picture beside it.
-   It points links between notebooks (`ch05_2_errata.ipynb`) at the notebooks' pages.
+   It points links between notebooks (`ch05_2_errata.ipynb`) at the notebooks' pages, and
+   aligns the table of contents with the headings' ids.
 4. `on_page_markdown` replaces `{{ notebook_times }}` with a table of every notebook's stored run
    time (the workshop agenda uses it), and turns a code span naming an existing notebook (`chapters/x.ipynb`) on a
    Markdown page into a link, so pages such as the workshop agenda can name notebooks that are
@@ -285,11 +286,40 @@ def _link_notebooks(content: str, page, files) -> str:
     return NOTEBOOK_HREF.sub(fix, content)
 
 
+HEADING = re.compile(r'<h([1-6]) id="([^"]+)"[^>]*>(.*?)</h\1>', re.DOTALL)
+
+
+def _heading_text(inner_html: str) -> str:
+    inner_html = re.sub(r'<a class="anchor-link".*?</a>', "", inner_html, flags=re.DOTALL)
+    return html.unescape(re.sub(r"<[^>]+>", "", inner_html)).strip()
+
+
+def _align_toc(page, content: str) -> None:
+    """mkdocs-jupyter makes the table of contents with its own slugs and drops code spans from
+    titles ("From scalars to arrays" for "From scalars to arrays: `lm4f.tensor.Tensor`"), so
+    its links miss the headings' ids. Point each entry at the heading it stands for, in order."""
+    headings = [(int(level), anchor, _heading_text(inner)) for level, anchor, inner in HEADING.findall(content)]
+    position = 0
+
+    def visit(items):
+        nonlocal position
+        for item in items:
+            for index in range(position, len(headings)):
+                level, anchor, text = headings[index]
+                if level == item.level:
+                    item.id, item.title, position = anchor, text, index + 1
+                    break
+            visit(item.children)
+
+    visit(page.toc)
+
+
 def on_page_content(content, page, config, files):
     if not page.file.src_path.endswith(".ipynb"):
         return content
     content = SCRIPT_ELEMENT.sub(_drop_remote_script, content)
     content = _link_notebooks(content, page, files)
+    _align_toc(page, content)
     path = Path(page.file.abs_src_path)
     header = notebook_header(page.file.src_path, notebook_facts(path), _notes.get(page.file.src_path))
     # After the page's first heading, if the notebook starts with one.

@@ -258,3 +258,25 @@ def test_constants_get_no_gradient_and_are_skipped():
     np.testing.assert_array_equal(weight.grad, [[4.0, 8.0]] * 3)
     with pytest.raises(ValueError, match="nothing to differentiate"):
         (images * 2.0).sum().backward()
+
+
+def test_fit_stops_early_restores_the_best_weights_and_reports_divergence():
+    from sklearn.datasets import load_digits
+
+    from lm4f.tensor import fit, mean_loss
+
+    digits = load_digits()
+    images, labels = (digits.data / 16.0).astype(np.float32), digits.target
+    rng = np.random.default_rng(0)
+    # a tiny training set and a wide network: validation loss turns up after a few epochs
+    model = MLP((64, 128, 10), rng)
+    history = fit(model, SGD(model.parameters(), lr=0.2), images[:100], labels[:100], images[1000:], labels[1000:],
+                  epochs=60, batch_size=16, rng=rng, patience=3)
+    assert history["stopped_early"] and len(history["epoch"]) < 60
+    best = int(np.argmin(history["val_loss"]))
+    assert history["best_epoch"] == history["epoch"][best]
+    assert mean_loss(model, images[1000:], labels[1000:]) == pytest.approx(history["val_loss"][best], rel=1e-4)
+    exploding = MLP((64, 32, 10), rng)
+    history = fit(exploding, SGD(exploding.parameters(), lr=1e6), images[:500], labels[:500], images[1000:],
+                  labels[1000:], epochs=5, batch_size=50, rng=rng)
+    assert history["diverged"] and len(history["epoch"]) < 5

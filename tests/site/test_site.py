@@ -10,7 +10,7 @@ Screenshots of every page land in build/artifacts/screenshots/.
 from __future__ import annotations
 
 import functools
-import html.parser
+import html
 import json
 import os
 import re
@@ -22,6 +22,8 @@ from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "build" / "site"
@@ -86,8 +88,6 @@ def server(built_site):
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: run `make browser-deps` (or `sudo apt-get install chromium`)")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium
@@ -148,11 +148,12 @@ def screenshot_name(path: str, suffix: str = "") -> Path:
 
 # ---------------------------------------------------------------- what the notebooks hold
 def notebook_for(site_path: str) -> Path | None:
-    """chapters/appA_environment/ -> site/chapters/appA_environment.ipynb, if it is a notebook."""
+    """chapters/appA_environment/ -> the copy of chapters/appA_environment.ipynb the build put
+    beside the page (the very version the page was rendered from), if it is a notebook page."""
     folder, _, rest = site_path.strip("/").partition("/")
     if folder not in ("chapters", "exercises", "solutions") or not rest:
         return None
-    source = ROOT / "site" / folder / f"{rest}.ipynb"
+    source = SITE / folder / rest / f"{rest}.ipynb"
     return source if source.exists() else None
 
 
@@ -206,25 +207,17 @@ def test_build_strict_lists_every_notebook(built_site):
     assert order == sorted(order) and len(order) >= 2
 
 
-class LinkCollector(html.parser.HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links: list[str] = []
-        self.ids: set[str] = set()
-
-    def handle_starttag(self, tag, attrs):
-        attributes = dict(attrs)
-        if "id" in attributes:
-            self.ids.add(attributes["id"])
-        for name in ("href", "src"):
-            if tag in ("a", "img", "script", "link") and attributes.get(name):
-                self.links.append(attributes[name])
+# Regular expressions rather than an HTML parser: notebook pages carry megabytes of inline images.
+LINK_ATTRIBUTE = re.compile(r"""<(?:a|img|script|link)\b[^>]*?\s(?:href|src)=["']([^"']+)["']""", re.IGNORECASE)
+ID_ATTRIBUTE = re.compile(r"""\sid=["']([^"']+)["']""")
 
 
-def parse(path: Path) -> LinkCollector:
-    collector = LinkCollector()
-    collector.feed(path.read_text(encoding="utf-8"))
-    return collector
+def page_links(path: Path) -> list[str]:
+    return [html.unescape(link) for link in LINK_ATTRIBUTE.findall(path.read_text(encoding="utf-8"))]
+
+
+def page_ids(path: Path) -> set[str]:
+    return {html.unescape(i) for i in ID_ATTRIBUTE.findall(path.read_text(encoding="utf-8"))}
 
 
 def resolve(site: Path, url_path: str) -> Path:
@@ -239,7 +232,7 @@ def test_internal_links_resolve(built_site):
     for page in site_pages(built_site):
         html_file = built_site / page / "index.html"
         base = "http://site/" + page
-        for link in parse(html_file).links:
+        for link in page_links(html_file):
             if link.startswith(("http://", "https://", "mailto:", "data:", "javascript:")):
                 continue
             url = urlsplit(urljoin(base, link))
@@ -248,7 +241,7 @@ def test_internal_links_resolve(built_site):
                 broken.append(f"{page or '/'}: {link} (no {target.relative_to(built_site)})")
                 continue
             if url.fragment and target.suffix == ".html":
-                ids = ids_cache.setdefault(target, parse(target).ids)
+                ids = ids_cache.setdefault(target, page_ids(target))
                 if unquote(url.fragment) not in ids:
                     broken.append(f"{page or '/'}: {link} (no #{url.fragment})")
     assert not broken, "broken internal links:\n" + "\n".join(broken[:50])
@@ -277,6 +270,12 @@ def test_every_page_loads_cleanly_with_its_images(built_site, server, context):
                     problems.items.append(f"header box lacks {needed!r}")
             if has_tex(notebook) and page.locator("mjx-container").count() == 0:
                 problems.items.append("formulas in markdown cells but no MathJax output")
+        # Mermaid: the theme replaces each <pre class="mermaid"> once its SVG is drawn.
+        try:
+            page.wait_for_function("() => document.querySelectorAll('pre.mermaid').length === 0",
+                                   timeout=30_000)
+        except PlaywrightTimeout:
+            problems.items.append(f"{page.locator('pre.mermaid').count()} Mermaid diagrams not drawn")
         if page.locator("mjx-merror").count():
             problems.items.append(f"{page.locator('mjx-merror').count()} formulas MathJax could not parse")
         page.screenshot(path=str(screenshot_name(path)))

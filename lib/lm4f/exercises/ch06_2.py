@@ -81,10 +81,10 @@ def check_top_k_cosine(top_k_cosine) -> None:
         if indices.shape != (k,):
             raise ExerciseError(f"top_k_cosine(k={k}): indices have shape {indices.shape}, expected ({k},).")
         dot_order = np.argsort(-(matrix @ query))[:k]
-        if k > 1 and np.array_equal(indices, dot_order) and not np.array_equal(indices, reference_order[:k]):
+        if np.array_equal(indices, dot_order) and not np.array_equal(indices, reference_order[:k]):
             raise ExerciseError("top_k_cosine: you ranked by the raw dot product. Long vectors win then; "
                                 "normalise the query and the rows to unit length first.")
-        if k > 1 and np.array_equal(indices, reference_order[::-1][:k]):
+        if np.array_equal(indices, reference_order[::-1][:k]):
             raise ExerciseError("top_k_cosine: you returned the LEAST similar rows. Sort by -score.")
         compare(f"top_k_cosine indices k={k}", indices, reference_order[:k], atol=0, rtol=0, hint=hint)
         compare(f"top_k_cosine scores k={k}", scores, reference_scores[reference_order[:k]], atol=1e-9, hint=hint)

@@ -1,0 +1,90 @@
+"""HTTP API of the product-image classifier (case study 6.3).
+
+    app = create_app(model)                   # a trained nn.Module or a loaded TorchScript model
+    server = lm4f.serving.start(app)
+    httpx.post(server.url + "/predict", json={"pixels": [[0] * 28] * 28})
+    httpx.post(server.url + "/predict/png", files={"file": ("shoe.png", png_bytes, "image/png")})
+
+Both routes answer ``{"label", "class_index", "probabilities": {class name: p}}``. Bad input gets a
+4xx whose ``detail`` says what is wrong and how to fix it: 422 for a wrong shape or pixel range,
+415 for a file that is not a PNG, 400 for a corrupt PNG, 413 for a file that is too large.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from pydantic import BaseModel, Field, field_validator
+
+from lm4f import vision
+
+MAX_UPLOAD_BYTES = 1_000_000
+
+
+class PixelsRequest(BaseModel):
+    """A 28x28 greyscale image as 28 rows of 28 integers 0-255 (light product on a dark background)."""
+
+    pixels: list[list[float]] = Field(..., description="28 rows of 28 pixel values, 0 (black) to 255 (white)")
+
+    @field_validator("pixels")
+    @classmethod
+    def check_shape_and_range(cls, pixels):
+        rows = len(pixels)
+        widths = sorted({len(row) for row in pixels})
+        if rows != vision.IMAGE_SIZE or widths != [vision.IMAGE_SIZE]:
+            raise ValueError(f"pixels must be 28 rows of 28 values; got {rows} rows of length(s) {widths}. "
+                             "Resize the image to 28x28 first.")
+        array = np.asarray(pixels, dtype=np.float64)
+        if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 255:
+            raise ValueError("pixel values must be numbers from 0 to 255 (not scaled to 0-1, "
+                             "not normalised); multiply 0-1 values by 255")
+        return pixels
+
+
+class Prediction(BaseModel):
+    label: str
+    class_index: int
+    probabilities: dict[str, float]
+
+
+def create_app(model, classes: list[str] | None = None) -> FastAPI:
+    """Build the FastAPI app around ``model`` (takes (B, 1, 28, 28) normalised images, returns logits)."""
+    classes = list(classes or vision.CLASSES)
+    model.eval()
+    app = FastAPI(title="Product image classifier", version="1.0",
+                  description="Fashion-MNIST classes from a 28x28 greyscale image.")
+
+    def predict(pixels: np.ndarray) -> Prediction:
+        batch = vision.to_tensor(np.asarray(pixels).round().clip(0, 255).astype(np.uint8))  # (1, 1, 28, 28)
+        with torch.no_grad():
+            probabilities = torch.softmax(model(batch).float(), dim=1)[0]  # (10,)
+        index = int(probabilities.argmax())
+        return Prediction(label=classes[index], class_index=index,
+                          probabilities={name: round(float(p), 6) for name, p in zip(classes, probabilities)})
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "classes": classes}
+
+    @app.post("/predict", response_model=Prediction)
+    def predict_pixels(request: PixelsRequest) -> Prediction:
+        return predict(np.asarray(request.pixels, dtype=np.float64))
+
+    @app.post("/predict/png", response_model=Prediction)
+    async def predict_png(file: UploadFile = File(..., description="a 28x28 PNG file")) -> Prediction:
+        payload = await file.read(MAX_UPLOAD_BYTES + 1)
+        if len(payload) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"the file is larger than {MAX_UPLOAD_BYTES:,} bytes; "
+                                     "a 28x28 PNG takes under 2 kB")
+        if not payload.startswith(vision.PNG_SIGNATURE):
+            raise HTTPException(415, f"'{file.filename}' is not a PNG file (content type {file.content_type}); "
+                                     "convert the image to PNG, 28x28 pixels, greyscale")
+        try:
+            pixels = vision.decode_png(payload)
+        except vision.ImageError as error:
+            status = 422 if "pixels; the model takes 28x28" in str(error) else 400
+            raise HTTPException(status, str(error)) from error
+        return predict(pixels)
+
+    return app
