@@ -25,7 +25,7 @@ def run():
     if on_gpu:
         shape, batch_size, max_lr = dict(n_layer=8, n_head=8, n_embd=512, block_size=256), 64, 1e-3
     else:
-        shape, batch_size, max_lr = dict(n_layer=3, n_head=4, n_embd=96, block_size=64), 32, 3e-3
+        shape, batch_size, max_lr = dict(n_layer=2, n_head=4, n_embd=64, block_size=64), 32, 3e-3
     config = GPTConfig(vocab_size=96, **shape)
     model = GPT(config).to(device)
     train_model = torch.compile(model) if on_gpu else model

@@ -113,7 +113,7 @@ def notebook_facts(path: Path) -> dict:
         "data": [label for name, label in DATA_SOURCES.items() if re.search(rf"\b{name}\s*\(", code)],
         "size_switch": "pick(" in code,
         "run_seconds": run_seconds,
-        "code_cells": sum(1 for c in notebook.get("cells", []) if c.get("cell_type") == "code"),
+        "has_outputs": any(c.get("outputs") for c in notebook.get("cells", []) if c.get("cell_type") == "code"),
     }
 
 
@@ -136,8 +136,11 @@ def notebook_header(src_path: str, facts: dict, notes: dict) -> str:
     elif src_path.startswith("exercises/"):
         compute = ("CPU only; stored without outputs: run it yourself (the checks fail until you "
                    "solve the stubs); the solved twin in <code>solutions/</code> shows its run time")
+    elif facts["has_outputs"]:
+        compute = (f"CPU only; the stored notebook does not record its run time "
+                   f"(<code>make execute NB={html.escape(src_path)}</code> records it); CI allows 5 min")
     else:
-        compute = "CPU only; no stored run yet (the notebook is stored without execution timestamps)"
+        compute = "CPU only; not executed yet"
     rows.append(("Compute", compute))
     if facts["size_switch"]:
         gpu = "optional: <code>LM4F_SIZE=full</code> runs the full-size settings, where a CUDA GPU helps"
@@ -160,6 +163,12 @@ def _title_or_name(path: Path) -> str:
     return notebook_title(path) or path.stem
 
 
+def _section_key(path: Path) -> tuple:
+    section = CHAPTER_FILE.match(path.name).group(2)
+    continued = "(continued)" in (notebook_title(path) or "").lower()
+    return (int(section) if section else 0, continued, path.name)
+
+
 def build_nav(docs: Path) -> list:
     nav: list = [{"Home": "index.md"}]
 
@@ -172,10 +181,14 @@ def build_nav(docs: Path) -> list:
     for part_title, numbers in PARTS:
         part = []
         for number in numbers:
-            notebooks = chapters.get(number, [])
+            # Section order; a "(continued)" notebook follows the section it continues.
+            notebooks = sorted(chapters.get(number, []), key=_section_key)
             if not notebooks:
                 continue
             label = f"{number} {CHAPTER_TITLES[number]}"
+            if all(p.name.startswith(f"ch{number:02d}_{number + 1:02d}_") for p in notebooks):
+                # Book chapters taught together, e.g. ch09_10_*: "9-10 Outlook and the future".
+                label = f"{number}-{number + 1} {CHAPTER_TITLES[number]} and {CHAPTER_TITLES[number + 1].lower()}"
             if len(notebooks) == 1:
                 part.append({label: f"chapters/{notebooks[0].name}"})
             else:
@@ -226,7 +239,7 @@ def notebook_times_table(docs: Path) -> str:
     for folder in ("chapters", "solutions"):
         for path in _files(docs, folder, "*.ipynb"):
             seconds = notebook_facts(path)["run_seconds"]
-            shown = _minutes(seconds) if seconds is not None else "not stored"
+            shown = _minutes(seconds) if seconds is not None else "not recorded"
             rows.append(f"| `{folder}/{path.name}` | {_title_or_name(path)} | {shown} |")
     if len(rows) == 2:
         return "No notebooks yet."

@@ -260,7 +260,7 @@ def test_constants_get_no_gradient_and_are_skipped():
         (images * 2.0).sum().backward()
 
 
-def test_fit_stops_early_restores_the_best_weights_and_reports_divergence():
+def test_fit_stops_early_and_restores_the_best_weights():
     from sklearn.datasets import load_digits
 
     from lm4f.tensor import fit, mean_loss
@@ -276,7 +276,3 @@ def test_fit_stops_early_restores_the_best_weights_and_reports_divergence():
     best = int(np.argmin(history["val_loss"]))
     assert history["best_epoch"] == history["epoch"][best]
     assert mean_loss(model, images[1000:], labels[1000:]) == pytest.approx(history["val_loss"][best], rel=1e-4)
-    exploding = MLP((64, 32, 10), rng)
-    history = fit(exploding, SGD(exploding.parameters(), lr=1e6), images[:500], labels[:500], images[1000:],
-                  labels[1000:], epochs=5, batch_size=50, rng=rng)
-    assert history["diverged"] and len(history["epoch"]) < 5
