@@ -253,10 +253,11 @@ HOURS_PER_MONTH = 730
 
 
 def self_hosted_usd_per_month(n_params: float, requests_per_month: float, prompt_tokens: int, output_tokens: int,
-                              gpu_name="L4", mfu: float = DEFAULT_MFU, always_on_gpus: int = 1) -> float:
+                              gpu_name="L4", mfu: float = DEFAULT_MFU, always_on_gpus: int = 1,
+                              price_per_hour: float | None = None) -> float:
     """Monthly dollars to serve your own model: the GPU time the requests need, but never less than
     ``always_on_gpus`` GPUs rented all month (a service that answers at any hour keeps one running)."""
-    card = gpu(gpu_name)
+    card = gpu(gpu_name, price_per_hour)
     busy = requests_per_month / 1000 * serving_cost_per_1k_requests(n_params, prompt_tokens, output_tokens,
                                                                      card, mfu=mfu)
     return max(busy, always_on_gpus * card.price_per_hour * HOURS_PER_MONTH)
