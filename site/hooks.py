@@ -112,6 +112,7 @@ def notebook_facts(path: Path) -> dict:
     return {
         "data": [label for name, label in DATA_SOURCES.items() if re.search(rf"\b{name}\s*\(", code)],
         "size_switch": "pick(" in code,
+        "uses_torch": bool(re.search(r"^\s*(import torch|from torch)", code, re.MULTILINE)),
         "run_seconds": run_seconds,
         "has_outputs": any(c.get("outputs") for c in notebook.get("cells", []) if c.get("cell_type") == "code"),
     }
@@ -142,8 +143,10 @@ def notebook_header(src_path: str, facts: dict, notes: dict) -> str:
     else:
         compute = "CPU only; not executed yet"
     rows.append(("Compute", compute))
-    if facts["size_switch"]:
+    if facts["size_switch"] and facts["uses_torch"]:
         gpu = "optional: <code>LM4F_SIZE=full</code> runs the full-size settings, where a CUDA GPU helps"
+    elif facts["size_switch"]:
+        gpu = "not needed (NumPy only); <code>LM4F_SIZE=full</code> runs the full-size settings on the CPU"
     else:
         gpu = "not needed"
     rows.append(("GPU", gpu))
