@@ -11,6 +11,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8888
 JOBS ?= 2
+# Notebooks run at the CI size, one BLAS/OpenMP thread each: nbval runs JOBS notebooks side by side
+# on the cores, and stored outputs are made with the same settings they are checked with.
+NOTEBOOK_ENV := LM4F_SIZE=ci OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 .PHONY: start setup data test test-lib test-notebooks site serve-site browser-deps bench execute clean-data
 
@@ -40,7 +43,7 @@ test-lib: setup
 
 # nbval: re-execute every stored chapter and solution notebook and compare its outputs.
 test-notebooks: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --nbval \
+	$(NOTEBOOK_ENV) $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --nbval \
 	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 chapters solutions
 
 site: setup
@@ -60,7 +63,7 @@ bench: setup
 
 # Re-execute one notebook in place with the stored (CI-size) settings: make execute NB=chapters/x.ipynb
 execute: setup
-	cd $(dir $(NB)) && LM4F_SIZE=ci $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
+	cd $(dir $(NB)) && $(NOTEBOOK_ENV) $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
 	  --ExecutePreprocessor.timeout=900 $(notdir $(NB))
 
 clean-data:
