@@ -62,3 +62,9 @@ def run_cells(path: Path, keep_going_tags=("check",)) -> tuple[dict, list[CellRe
                 error = caught
             results.append(CellResult(index, tags, source, error))
     return namespace, results
+
+
+def check_cells(path: Path) -> list[CellResult]:
+    """Run a notebook (see ``run_cells``) and return the results of its cells tagged ``check``."""
+    _, results = run_cells(path)
+    return [result for result in results if "check" in result.tags]

@@ -9,14 +9,13 @@ import torch
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch04
-from tests.nbtools import REPO, run_cells
+from tests.nbtools import REPO, check_cells
 
 NOTEBOOK = Path("ch04_attention.ipynb")
 
 
 def check_errors(folder: str):
-    _, results = run_cells(REPO / folder / NOTEBOOK)
-    checks = [result for result in results if "check" in result.tags]
+    checks = check_cells(REPO / folder / NOTEBOOK)
     assert len(checks) == 4, "three exercise checks and the final assembly cell"
     return [result.error for result in checks]
 

@@ -8,14 +8,13 @@ import torch.nn.functional as F
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch06_3
-from tests.nbtools import REPO, run_cells
+from tests.nbtools import REPO, check_cells, run_cells
 
 NOTEBOOK = Path("ch06_3_cv.ipynb")
 
 
 def check_errors(folder: str):
-    _, results = run_cells(REPO / folder / NOTEBOOK)
-    checks = [result for result in results if "check" in result.tags]
+    checks = check_cells(REPO / folder / NOTEBOOK)
     assert len(checks) == 3, "the notebook should hold one check cell per exercise"
     return [result.error for result in checks]
 
