@@ -93,6 +93,7 @@ def main() -> None:
                     "rank_losses": [l.item() for l in losses], "grads": grads,
                     "weights": {name: p.detach().cpu().clone() for name, p in model.named_parameters()}},
                    args.out)
+    dist.barrier()                                  # every rank finishes before the group is torn down
     dist.destroy_process_group()
 
 
