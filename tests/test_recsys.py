@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import lm4f.recsys as rs
 
@@ -127,3 +128,19 @@ def test_sasrec_learns_a_deterministic_order_and_rejects_long_input():
 
 def test_pad_left():
     assert rs.pad_left([[1, 2, 3], [], [7]], 2).tolist() == [[2, 3], [0, 0], [0, 7]]
+
+
+def test_svdpp_implicit_matrix_and_training():
+    matrix = rs.implicit_matrix([1, 1, 1, 1, 2], [3, 4, 5, 6, 3], n_users=3, n_items=7).to_dense()
+    assert torch.allclose(matrix[1, 3:7], torch.full((4,), 0.5))        # 1/sqrt(4 rated movies)
+    assert matrix[2, 3] == 1.0 and matrix[0].sum() == 0 and matrix[1, :3].sum() == 0
+    rng = np.random.default_rng(1)
+    p, q = rng.normal(size=(41, 2)), rng.normal(size=(61, 2))
+    users, items = rng.integers(1, 41, 3000), rng.integers(1, 61, 3000)
+    ratings = np.clip(3 + (p[users] * q[items]).sum(1), 1, 5)
+    frame = pd.DataFrame({"user_id": users, "movie_id": items, "rating": ratings})
+    model, _ = rs.train_mf(frame.iloc[:2500], n_users=41, n_items=61, dim=4, epochs=30, lr=0.03,
+                           reg=0.001, batch_size=256, implicit_reg=1.0, cosine=True)
+    assert model.implicit_factors is not None
+    test = frame.iloc[2500:]
+    assert rs.rmse(rs.predict_mf(model, test.user_id, test.movie_id), test.rating) < 0.35

@@ -173,9 +173,15 @@ def _torch():
 
 
 class BiasedMF(_torch().nn.Module):
-    """r_hat(u, i) = mu + b_u + b_i + p_u . q_i  (matrix factorisation with biases)."""
+    """r_hat(u, i) = mu + b_u + b_i + (p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j) . q_i
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 64, mu: float = 3.5):
+    Matrix factorisation with biases. With ``implicit`` (a sparse (U, I) matrix holding
+    ``1/sqrt(|N(u)|)`` where user u rated item j in the *training* data) it is SVD++ (Koren, 2008):
+    the movies a user chose to rate say something about them beyond the ratings themselves.
+    Without it, the implicit term is absent and this is plain biased MF.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, mu: float = 3.5, implicit=None):
         torch = _torch()
         super().__init__()
         self.user_factors = torch.nn.Embedding(n_users, dim)    # (U, d)
@@ -183,23 +189,48 @@ class BiasedMF(_torch().nn.Module):
         self.user_bias = torch.nn.Embedding(n_users, 1)         # (U, 1)
         self.item_bias = torch.nn.Embedding(n_items, 1)         # (I, 1)
         self.mu = torch.nn.Parameter(torch.tensor(float(mu)))
-        for table in (self.user_factors, self.item_factors):
-            torch.nn.init.normal_(table.weight, std=0.01)
+        self.implicit = implicit                                 # (U, I) sparse or None
+        self.implicit_factors = torch.nn.Embedding(n_items, dim) if implicit is not None else None  # (I, d)
+        for table in (self.user_factors, self.item_factors, self.implicit_factors):
+            if table is not None:
+                torch.nn.init.normal_(table.weight, std=0.01)
         for table in (self.user_bias, self.item_bias):
             torch.nn.init.zeros_(table.weight)
 
+    def user_vectors(self, users):                               # (B,) -> (B, d)
+        p = self.user_factors(users)
+        if self.implicit is None:
+            return p
+        implicit = _torch().sparse.mm(self.implicit, self.implicit_factors.weight)   # (U, d)
+        return p + implicit[users]
+
     def forward(self, users, items):                              # users, items: (B,)
-        p, q = self.user_factors(users), self.item_factors(items)  # (B, d) each
+        p, q = self.user_vectors(users), self.item_factors(items)  # (B, d) each
         dot = (p * q).sum(dim=1)                                   # (B,)
         return self.mu + self.user_bias(users).squeeze(1) + self.item_bias(items).squeeze(1) + dot
 
 
+def implicit_matrix(users, items, n_users: int, n_items: int, device="cpu"):
+    """The sparse (U, I) "who rated what" matrix of SVD++: 1/sqrt(|N(u)|) where u rated i, else 0."""
+    torch = _torch()
+    users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    counts = np.bincount(users, minlength=n_users).astype(np.float32)          # (U,)
+    values = torch.tensor(1.0 / np.sqrt(counts[users]), dtype=torch.float32)   # (N,)
+    index = torch.tensor(np.stack([users, items]))                             # (2, N)
+    with torch.sparse.check_sparse_tensor_invariants(True):
+        matrix = torch.sparse_coo_tensor(index, values, (n_users, n_items))
+    return matrix.coalesce().to(device)
+
+
 def train_mf(train, n_users: int = 944, n_items: int = 1683, dim: int = 64, epochs: int = 20,
-             lr: float = 0.005, reg: float = 0.05, batch_size: int = 1024, seed: int = 0, device="cpu"):
+             lr: float = 0.005, reg: float = 0.05, batch_size: int = 1024, seed: int = 0, device="cpu",
+             implicit_reg: float | None = None, cosine: bool = False):
     """Train ``BiasedMF`` with mini-batch Adam on squared error + L2 on the rows each rating touches.
 
     The L2 term is per rating (like SGD's regulariser), so a movie with many ratings is pulled
-    towards zero more often, but each pull is small. Returns ``(model, seconds)``.
+    towards zero more often, but each pull is small. ``implicit_reg`` (a number) switches on the
+    SVD++ implicit term, whose item table gets weight decay ``implicit_reg * ||Y||^2 / N`` per batch;
+    ``cosine`` decays the learning rate to zero over the epochs. Returns ``(model, seconds)``.
     """
     torch = _torch()
     generator = torch.Generator().manual_seed(seed)
@@ -207,20 +238,29 @@ def train_mf(train, n_users: int = 944, n_items: int = 1683, dim: int = 64, epoc
     users = torch.tensor(train["user_id"].to_numpy(), device=device)     # (N,)
     items = torch.tensor(train["movie_id"].to_numpy(), device=device)    # (N,)
     ratings = torch.tensor(train["rating"].to_numpy(), dtype=torch.float32, device=device)
-    model = BiasedMF(n_users, n_items, dim, mu=float(ratings.mean())).to(device)
+    implicit = None
+    if implicit_reg is not None:
+        implicit = implicit_matrix(train["user_id"], train["movie_id"], n_users, n_items, device)
+    model = BiasedMF(n_users, n_items, dim, mu=float(ratings.mean()), implicit=implicit).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs) if cosine else None
     started = time.perf_counter()
     for _ in range(epochs):
         order = torch.randperm(len(ratings), generator=generator).to(device)
         for batch in order.split(batch_size):
             u, i, r = users[batch], items[batch], ratings[batch]          # (B,) each
             p, q = model.user_factors(u), model.item_factors(i)           # (B, d) each
+            p_all = model.user_vectors(u)                                  # (B, d), p + implicit term
             predicted = (model.mu + model.user_bias(u).squeeze(1) + model.item_bias(i).squeeze(1)
-                         + (p * q).sum(dim=1))                             # (B,)
+                         + (p_all * q).sum(dim=1))                         # (B,)
             loss = ((predicted - r) ** 2).mean() + reg * ((p ** 2).sum(1) + (q ** 2).sum(1)).mean()
+            if implicit is not None:
+                loss = loss + implicit_reg * (model.implicit_factors.weight ** 2).sum() / len(ratings)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if schedule is not None:
+            schedule.step()
     return model.eval(), time.perf_counter() - started
 
 
