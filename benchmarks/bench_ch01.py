@@ -1,18 +1,8 @@
 """Chapter 1's compute figures on this machine: achieved FLOP/s of a small GPT-2 training step
 (FLOPs counted by PyTorch) next to the 6ND estimate, and MiniLM encoding throughput."""
 
-import time
-
 import torch
-
-
-def _best_of(function, repeats=3):
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - started)
-    return best
+from timing import best_of
 
 
 def run():
@@ -43,7 +33,7 @@ def run():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    step_seconds = _best_of(step)
+    step_seconds = best_of(step)
 
     # MiniLM: sentences encoded per second (batch 32, 32 tokens)
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
@@ -57,7 +47,7 @@ def run():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    encode_seconds = _best_of(encode)
+    encode_seconds = best_of(encode)
     return [
         {"metric": "GPT-2 (1.07M) step: counted / 6ND FLOPs", "value": counted / cost.training_flops(n_params, tokens.numel()),
          "unit": "ratio", "device": device},

@@ -1,17 +1,10 @@
 """How long the verified loaders take (sha256 of the decompressed content included)."""
 
-import time
+from timing import best_of
 
 import lm4f.data as data
 
 
-def _best_of(function, repeats=3):
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def run():
@@ -21,5 +14,5 @@ def run():
         "clothing_reviews load": data.clothing_reviews,
         "minilm_path check": data.minilm_path,
     }
-    return [{"metric": name, "value": _best_of(loader) * 1000, "unit": "ms (best of 3)"}
+    return [{"metric": name, "value": best_of(loader) * 1000, "unit": "ms (best of 3)"}
             for name, loader in loaders.items()]

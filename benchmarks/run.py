@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # so benchmark files can share helpers such as timing.best_of
 OUTPUT = HERE.parent / "build" / "bench" / "results.json"
 
 
