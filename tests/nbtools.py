@@ -68,3 +68,20 @@ def check_cells(path: Path) -> list[CellResult]:
     """Run a notebook (see ``run_cells``) and return the results of its cells tagged ``check``."""
     _, results = run_cells(path)
     return [result for result in results if "check" in result.tags]
+
+
+def check_errors(path: Path, count: int) -> list:
+    """The errors (or None) of a notebook's ``count`` check cells; fails if the count differs."""
+    checks = check_cells(path)
+    assert len(checks) == count, f"{Path(path).name}: expected {count} cells tagged 'check', found {len(checks)}"
+    return [result.error for result in checks]
+
+
+def assert_untouched_stubs_fail(errors: list, numbers: tuple) -> None:
+    """Each untouched stub's check failed with an ExerciseError that names its exercise number."""
+    from lm4f.checks import ExerciseError
+
+    assert len(errors) >= len(numbers)
+    for error, number in zip(errors, numbers):
+        assert isinstance(error, ExerciseError), f"Exercise {number}: expected ExerciseError, got {error!r}"
+        assert "not implemented yet" in str(error) and f"Exercise {number}" in str(error)

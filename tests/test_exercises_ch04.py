@@ -9,26 +9,19 @@ import torch
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch04
-from tests.nbtools import REPO, check_cells
+from tests.nbtools import REPO, assert_untouched_stubs_fail, check_errors
 
 NOTEBOOK = Path("ch04_attention.ipynb")
 
 
-def check_errors(folder: str):
-    checks = check_cells(REPO / folder / NOTEBOOK)
-    assert len(checks) == 4, "three exercise checks and the final assembly cell"
-    return [result.error for result in checks]
-
 
 def test_solutions_pass_every_check():
-    assert check_errors("solutions") == [None, None, None, None]
+    assert check_errors(REPO / "solutions" / NOTEBOOK, 4) == [None, None, None, None]
 
 
 def test_untouched_stubs_fail_with_hints():
-    errors = check_errors("exercises")
-    for error, number in zip(errors[:3], ("4.1", "4.2", "4.3")):
-        assert isinstance(error, ExerciseError)
-        assert "not implemented yet" in str(error) and f"Exercise {number}" in str(error)
+    errors = check_errors(REPO / "exercises" / NOTEBOOK, 4)
+    assert_untouched_stubs_fail(errors[:3], ("4.1", "4.2", "4.3"))
     assert isinstance(errors[3], NotImplementedError)
 
 

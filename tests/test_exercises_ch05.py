@@ -9,25 +9,18 @@ import pytest
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch05
-from tests.nbtools import REPO, check_cells
+from tests.nbtools import REPO, assert_untouched_stubs_fail, check_errors
 
 NOTEBOOK = Path("ch05_derivatives.ipynb")
 
 
-def check_errors(folder: str):
-    checks = check_cells(REPO / folder / NOTEBOOK)
-    assert len(checks) == 4, "the notebook should hold one check cell per exercise"
-    return [result.error for result in checks]
-
 
 def test_solutions_pass_every_check():
-    assert check_errors("solutions") == [None, None, None, None]
+    assert check_errors(REPO / "solutions" / NOTEBOOK, 4) == [None, None, None, None]
 
 
 def test_untouched_stubs_fail_with_hints():
-    for error, number in zip(check_errors("exercises"), ("5.1", "5.2", "5.3", "5.4")):
-        assert isinstance(error, ExerciseError)
-        assert "not implemented yet" in str(error) and f"Exercise {number}" in str(error)
+    assert_untouched_stubs_fail(check_errors(REPO / "exercises" / NOTEBOOK, 4), ("5.1", "5.2", "5.3", "5.4"))
 
 
 def softmax(logits):

@@ -8,26 +8,19 @@ import pytest
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch06_2
-from tests.nbtools import REPO, check_cells
+from tests.nbtools import REPO, assert_untouched_stubs_fail, check_errors
 
 NOTEBOOK = Path("ch06_2_nlp.ipynb")
 
 
-def check_errors(folder: str):
-    checks = check_cells(REPO / folder / NOTEBOOK)
-    assert len(checks) == 3, "the notebook should hold one check cell per exercise"
-    return [result.error for result in checks]
-
 
 def test_solutions_pass_every_check():
-    assert check_errors("solutions") == [None, None, None]
+    assert check_errors(REPO / "solutions" / NOTEBOOK, 3) == [None, None, None]
 
 
 def test_untouched_stubs_fail_with_hints():
-    errors = check_errors("exercises")
-    for error, number in zip(errors, ("6.2.1", "6.2.2", "6.2.3")):
-        assert isinstance(error, ExerciseError)
-        assert "not implemented yet" in str(error) and f"Exercise {number}" in str(error)
+    errors = check_errors(REPO / "exercises" / NOTEBOOK, 3)
+    assert_untouched_stubs_fail(errors, ("6.2.1", "6.2.2", "6.2.3"))
 
 
 def test_macro_f1_check_catches_class_1_only_and_accuracy():

@@ -8,19 +8,14 @@ import torch.nn.functional as F
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch06_3
-from tests.nbtools import REPO, check_cells, run_cells
+from tests.nbtools import REPO, assert_untouched_stubs_fail, check_errors, run_cells
 
 NOTEBOOK = Path("ch06_3_cv.ipynb")
 
 
-def check_errors(folder: str):
-    checks = check_cells(REPO / folder / NOTEBOOK)
-    assert len(checks) == 3, "the notebook should hold one check cell per exercise"
-    return [result.error for result in checks]
-
 
 def test_solutions_pass_every_check():
-    assert check_errors("solutions") == [None, None, None]
+    assert check_errors(REPO / "solutions" / NOTEBOOK, 3) == [None, None, None]
 
 
 def test_untouched_stubs_fail_with_hints():
@@ -28,9 +23,7 @@ def test_untouched_stubs_fail_with_hints():
     namespace, results = run_cells_until_last_check(REPO / "exercises" / NOTEBOOK)
     errors = [result.error for result in results if "check" in result.tags]
     assert len(errors) == 3
-    for error, number in zip(errors, ("6.3.1", "6.3.2", "6.3.3")):
-        assert isinstance(error, ExerciseError)
-        assert "not implemented yet" in str(error) and f"Exercise {number}" in str(error)
+    assert_untouched_stubs_fail(errors, ("6.3.1", "6.3.2", "6.3.3"))
 
 
 def run_cells_until_last_check(path):

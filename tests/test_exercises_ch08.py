@@ -7,26 +7,19 @@ import torch
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch08
-from tests.nbtools import REPO, check_cells
+from tests.nbtools import REPO, assert_untouched_stubs_fail, check_errors
 
 NOTEBOOK = Path("ch08_risks.ipynb")
 
 
-def check_errors(folder: str):
-    checks = check_cells(REPO / folder / NOTEBOOK)
-    assert len(checks) == 3, "the notebook should hold one check cell per exercise"
-    return [result.error for result in checks]
-
 
 def test_solutions_pass_every_check():
-    assert check_errors("solutions") == [None, None, None]
+    assert check_errors(REPO / "solutions" / NOTEBOOK, 3) == [None, None, None]
 
 
 def test_untouched_stubs_fail_with_hints():
-    errors = check_errors("exercises")
-    for error, number in zip(errors, ("8.1", "8.2", "8.3")):
-        assert isinstance(error, ExerciseError)
-        assert "not implemented yet" in str(error) and f"Exercise {number}" in str(error)
+    errors = check_errors(REPO / "exercises" / NOTEBOOK, 3)
+    assert_untouched_stubs_fail(errors, ("8.1", "8.2", "8.3"))
 
 
 def test_membership_check_catches_the_inverted_score():
