@@ -65,6 +65,23 @@ def test_models_map_images_to_ten_logits(model_fn):
     assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
 
 
+@pytest.mark.parametrize("model_fn", [vision.ProductCNN, vision.SmallResNet])
+def test_channels_last_layout_changes_neither_values_nor_saved_weights(model_fn):
+    torch.manual_seed(0)
+    model = model_fn().eval()
+    images = torch.randn(4, 1, 28, 28)
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last) if hasattr(model, "features") \
+        else model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        default_layout = model(images)
+        channels_last = model(vision.to_channels_last(images))
+    assert torch.allclose(default_layout, channels_last, atol=1e-5)
+    reloaded = model_fn().eval()
+    reloaded.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(reloaded(images), default_layout)
+
+
 def test_a_few_seconds_of_training_learn_something(fashion):
     train_u8, train_labels, test_u8, test_labels = fashion
     lm4f.seed_everything(0)
