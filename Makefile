@@ -15,7 +15,7 @@ JOBS ?= 2
 # on the cores, and stored outputs are made with the same settings they are checked with.
 NOTEBOOK_ENV := LM4F_SIZE=ci OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
-.PHONY: start setup data test test-lib test-notebooks site serve-site browser-deps bench execute clean-data
+.PHONY: start setup data test test-lib test-notebooks site serve-site appendices browser-deps bench execute clean-data
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ site: setup
 
 serve-site: setup
 	$(BIN)/mkdocs serve
+
+# Rewrite appendices C and F from the notebooks and results/*.json (after re-executing a notebook).
+appendices: setup
+	$(BIN)/python site/appendix_pages.py
 
 # Headless Chromium for the site's browser test (Debian's package; root installs it if missing).
 browser-deps:

@@ -28,9 +28,9 @@ def served(fashion, tmp_path_factory):
     lm4f.seed_everything(0)
     model = vision.softmax_regression()
     vision.fit(model, vision.to_tensor(train_u8), torch.from_numpy(train_labels), epochs=1, lr=1e-2)
-    path = tmp_path_factory.mktemp("model") / "classifier.pt"
-    vision.export_torchscript(model, path)
-    server = lm4f.serving.start(create_app(vision.load_torchscript(path)))
+    path = tmp_path_factory.mktemp("model") / "classifier.pt2"
+    vision.export_model(model, path)
+    server = lm4f.serving.start(create_app(vision.load_model(path)))
     client = httpx.Client(base_url=server.url, timeout=30)
     yield client
     client.close()
@@ -97,17 +97,24 @@ def test_fit_rejects_unprepared_images():
         vision.fit(vision.mlp(), torch.zeros(8, 28, 28), torch.zeros(8, dtype=torch.long))
 
 
-def test_torchscript_export_reloads_with_identical_outputs(fashion, tmp_path):
+@pytest.mark.parametrize("model_fn", [vision.SmallResNet, vision.ProductCNN])
+def test_export_reloads_with_the_same_outputs_for_any_batch_size(model_fn, fashion, tmp_path):
     _, _, test_u8, _ = fashion
     lm4f.seed_everything(0)
-    model = vision.SmallResNet().eval()
-    images = vision.to_tensor(test_u8[:64])
-    path = tmp_path / "resnet.pt"
-    vision.export_torchscript(model, path)
-    reloaded = vision.load_torchscript(path)
-    assert isinstance(reloaded, torch.jit.ScriptModule)
-    with torch.no_grad():
-        assert torch.allclose(model(images), reloaded(images), atol=1e-6, rtol=0)
+    model = model_fn().eval()
+    path = tmp_path / "model.pt2"
+    vision.export_model(model, path)
+    reloaded = vision.load_model(path)
+    for batch in (1, 7, 64):
+        images = vision.to_tensor(test_u8[:batch])
+        with torch.no_grad():
+            expected, got = model(images), reloaded(images)
+        assert got.shape == (batch, 10)
+        assert torch.allclose(expected, got, atol=1e-5, rtol=0)
+        assert torch.equal(expected.argmax(1), got.argmax(1))
+    # exporting works on a copy: the model in memory keeps its eval mode and channels-last weights
+    assert model.training is False
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
 
 
 def test_png_round_trip_and_decoding_errors():

@@ -5,7 +5,7 @@ the HTTP app (``lm4f.apps.vision``), the benchmark and the tests.
 - augmentation on a batch (horizontal flip, shifted crop), done in torch so it costs little;
 - the models: softmax regression, MLP, a two-block CNN and a small ResNet;
 - ``fit`` (AdamW with a one-cycle or constant learning rate) and ``predict_proba``;
-- export to TorchScript and reload;
+- export with ``torch.export`` to a ``.pt2`` file and reload;
 - ``decode_png``: bytes of an uploaded PNG -> a checked (28, 28) uint8 array.
 """
 
@@ -254,17 +254,28 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
 # Export
 # ------------------------------------------------------------------------------------------------
 
-def export_torchscript(model: nn.Module, path) -> None:
-    """Save ``model`` (in eval mode, on the CPU) as a TorchScript file that loads without its class."""
-    model = model.cpu().eval()
-    example = torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)
-    with torch.no_grad():
-        scripted = torch.jit.trace(model, example)
-    scripted.save(str(path))
+def export_model(model: nn.Module, path) -> None:
+    """Save ``model`` (in eval mode, on the CPU) with ``torch.export`` as a ``.pt2`` file that loads
+    without its Python class (``load_model``). Any batch size from 1 to 65,536 is accepted.
+
+    The weights are saved in the default memory layout (a ``.pt2`` archive expects contiguous
+    tensors); the exported graph still converts its input to channels-last where the model does.
+    """
+    import copy
+
+    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)  # (B, 1, 28, 28); B is marked dynamic below
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
 
 
-def load_torchscript(path) -> torch.jit.ScriptModule:
-    return torch.jit.load(str(path), map_location="cpu").eval()
+def load_model(path) -> nn.Module:
+    """The model saved by ``export_model``, as a callable module: (B, 1, 28, 28) -> (B, 10) logits.
+
+    It was exported in eval mode and stays in it (calling ``.eval()`` on it is not supported).
+    """
+    return torch.export.load(str(path)).module()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """HTTP API of the product-image classifier (case study 6.3).
 
-    app = create_app(model)                   # a trained nn.Module or a loaded TorchScript model
+    app = create_app(model)                   # a trained nn.Module or one loaded by lm4f.vision.load_model
     server = lm4f.serving.start(app)
     httpx.post(server.url + "/predict", json={"pixels": [[0] * 28] * 28})
     httpx.post(server.url + "/predict/png", files={"file": ("shoe.png", png_bytes, "image/png")})
@@ -51,7 +51,8 @@ class Prediction(BaseModel):
 def create_app(model, classes: list[str] | None = None) -> FastAPI:
     """Build the FastAPI app around ``model`` (takes (B, 1, 28, 28) normalised images, returns logits)."""
     classes = list(classes or vision.CLASSES)
-    model.eval()
+    if not isinstance(model, torch.fx.GraphModule):  # lm4f.vision.load_model's modules are fixed in eval mode
+        model.eval()
     app = FastAPI(title="Product image classifier", version="1.0",
                   description="Fashion-MNIST classes from a 28x28 greyscale image.")
 
