@@ -64,10 +64,15 @@ def run_cells(path: Path, keep_going_tags=("check",)) -> tuple[dict, list[CellRe
     return namespace, results
 
 
+def namespace_and_checks(path: Path) -> tuple[dict, list[CellResult]]:
+    """Run a notebook (see ``run_cells``): its namespace, and the results of its cells tagged ``check``."""
+    namespace, results = run_cells(path)
+    return namespace, [result for result in results if "check" in result.tags]
+
+
 def check_cells(path: Path) -> list[CellResult]:
     """Run a notebook (see ``run_cells``) and return the results of its cells tagged ``check``."""
-    _, results = run_cells(path)
-    return [result for result in results if "check" in result.tags]
+    return namespace_and_checks(path)[1]
 
 
 def check_errors(path: Path, count: int) -> list:

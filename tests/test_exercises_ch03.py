@@ -7,7 +7,7 @@ import pytest
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch03
-from tests.nbtools import run_cells
+from tests.nbtools import namespace_and_checks
 
 REPO = Path(__file__).resolve().parents[1]
 EXERCISES = REPO / "exercises" / "ch03_backprop.ipynb"
@@ -15,20 +15,15 @@ SOLUTIONS = REPO / "solutions" / "ch03_backprop.ipynb"
 N_EXERCISES = 5
 
 
-def _check_results(path):
-    namespace, results = run_cells(path)
-    return namespace, [r for r in results if "check" in r.tags]
-
-
 def test_solution_notebook_passes_every_check():
-    _, checks = _check_results(SOLUTIONS)
+    _, checks = namespace_and_checks(SOLUTIONS)
     assert len(checks) == N_EXERCISES + 1  # five exercises and the bonus cell
     failed = [(c.index, repr(c.error)) for c in checks if c.error is not None]
     assert failed == []
 
 
 def test_untouched_stubs_fail_with_the_exercise_number_and_a_hint():
-    _, checks = _check_results(EXERCISES)
+    _, checks = namespace_and_checks(EXERCISES)
     assert len(checks) == N_EXERCISES + 1
     for number, result in zip(["3.1", "3.2", "3.3", "3.4", "3.5"], checks):
         assert isinstance(result.error, ExerciseError), (number, result.error)

@@ -8,7 +8,7 @@ import pytest
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch06_4
-from tests.nbtools import run_cells
+from tests.nbtools import namespace_and_checks
 
 REPO = Path(__file__).resolve().parents[1]
 EXERCISES = REPO / "exercises" / "ch06_4_recommender.ipynb"
@@ -16,19 +16,14 @@ SOLUTIONS = REPO / "solutions" / "ch06_4_recommender.ipynb"
 N_EXERCISES = 2
 
 
-def _check_results(path):
-    namespace, results = run_cells(path)
-    return namespace, [r for r in results if "check" in r.tags]
-
-
 def test_solution_notebook_passes_every_check():
-    _, checks = _check_results(SOLUTIONS)
+    _, checks = namespace_and_checks(SOLUTIONS)
     assert len(checks) == N_EXERCISES + 1   # two exercises and the real-data cell
     assert [(c.index, repr(c.error)) for c in checks if c.error is not None] == []
 
 
 def test_untouched_stubs_fail_with_the_exercise_number_and_a_hint():
-    _, checks = _check_results(EXERCISES)
+    _, checks = namespace_and_checks(EXERCISES)
     assert len(checks) == N_EXERCISES + 1
     for number, result in zip(["6.4.1", "6.4.2"], checks):
         assert isinstance(result.error, ExerciseError), (number, result.error)
