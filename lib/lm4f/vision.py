@@ -263,8 +263,8 @@ def export_model(model: nn.Module, path) -> None:
     """Save ``model`` (in eval mode, on the CPU) with ``torch.export`` as a ``.pt2`` file that loads
     without its Python class (``load_model``). Any batch size from 1 to 65,536 is accepted.
 
-    The weights are saved in the default memory layout (a ``.pt2`` archive expects contiguous
-    tensors); the exported graph still converts its input to channels-last where the model does.
+    The weights are saved in the default memory layout (``torch.export.save`` warns about
+    channels-last tensors); ``load_model`` puts them back in channels-last.
     """
     import copy
 
@@ -278,9 +278,11 @@ def export_model(model: nn.Module, path) -> None:
 def load_model(path) -> nn.Module:
     """The model saved by ``export_model``, as a callable module: (B, 1, 28, 28) -> (B, 10) logits.
 
-    It was exported in eval mode and stays in it (calling ``.eval()`` on it is not supported).
+    It was exported in eval mode and stays in it (calling ``.eval()`` on it is not supported). Its
+    convolution weights go back to channels-last, the layout they were trained in: the CPU kernels
+    then compute exactly what the model in memory computed (bit for bit), not merely close to it.
     """
-    return torch.export.load(str(path)).module()
+    return torch.export.load(str(path)).module().to(memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------------------------------
