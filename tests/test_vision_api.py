@@ -116,6 +116,20 @@ def test_export_reloads_with_identical_outputs_for_any_batch_size(model_fn, fash
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
 
 
+def test_loading_a_missing_or_broken_export_says_how_to_fix_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="export_model"):
+        vision.load_model(tmp_path / "absent.pt2")
+    path = tmp_path / "model.pt2"
+    vision.export_model(vision.softmax_regression(), path)
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(path.read_bytes()[:1000])  # a download cut short
+    with pytest.raises(ValueError, match="export it again"):
+        vision.load_model(broken)
+    (tmp_path / "notes.pt2").write_text("not a model")
+    with pytest.raises(ValueError, match="not a model saved by lm4f.vision.export_model"):
+        vision.load_model(tmp_path / "notes.pt2")
+
+
 def test_png_round_trip_and_decoding_errors():
     pixels = np.arange(784, dtype=np.int64).reshape(28, 28) % 256
     assert np.array_equal(vision.decode_png(vision.encode_png(pixels)), pixels)

@@ -282,7 +282,17 @@ def load_model(path) -> nn.Module:
     convolution weights go back to channels-last, the layout they were trained in: the CPU kernels
     then compute exactly what the model in memory computed (bit for bit), not merely close to it.
     """
-    return torch.export.load(str(path)).module().to(memory_format=torch.channels_last)
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}: create it with lm4f.vision.export_model(model, path)")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:  # a truncated or foreign file: zip, pickle or schema errors
+        raise ValueError(f"{path} is not a model saved by lm4f.vision.export_model ({type(error).__name__}: "
+                         f"{str(error)[:120]}); export it again") from error
+    return program.module().to(memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------------------------------
