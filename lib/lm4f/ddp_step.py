@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 
@@ -94,7 +95,15 @@ def main() -> None:
                     "weights": {name: p.detach().cpu().clone() for name, p in model.named_parameters()}},
                    args.out)
     dist.barrier()                                  # every rank finishes before the group is torn down
+    del ddp_model, optimizer, losses                # DDP's reducer and the gather hold gloo work objects
     dist.destroy_process_group()
+    # A known gloo problem: its worker threads can still hold tensors while Python shuts down, and
+    # freeing them then aborts the process (SIGABRT, "terminate called without an active
+    # exception"), rarely, under load, after all the work is done. Everything is saved and the group
+    # is destroyed, so leave without the interpreter's teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
