@@ -101,12 +101,17 @@ def test_biased_baseline_beats_global_mean_on_a_pattern():
         np.full(len(test), frame.rating.iloc[:1500].mean()), test.rating) - 0.1
 
 
-def test_mf_learns_a_low_rank_matrix():
+def low_rank_ratings() -> pd.DataFrame:
+    """3,000 ratings of 60 movies by 40 users from a rank-2 matrix around 3, clipped to 1..5."""
     rng = np.random.default_rng(1)
     p, q = rng.normal(size=(41, 2)), rng.normal(size=(61, 2))
     users, items = rng.integers(1, 41, 3000), rng.integers(1, 61, 3000)
     ratings = np.clip(3 + (p[users] * q[items]).sum(1), 1, 5)
-    frame = pd.DataFrame({"user_id": users, "movie_id": items, "rating": ratings})
+    return pd.DataFrame({"user_id": users, "movie_id": items, "rating": ratings})
+
+
+def test_mf_learns_a_low_rank_matrix():
+    frame = low_rank_ratings()
     model, _ = rs.train_mf(frame.iloc[:2500], n_users=41, n_items=61, dim=4, epochs=30, lr=0.03,
                            reg=0.001, batch_size=256)
     test = frame.iloc[2500:]
@@ -134,11 +139,7 @@ def test_svdpp_implicit_matrix_and_training():
     matrix = rs.implicit_matrix([1, 1, 1, 1, 2], [3, 4, 5, 6, 3], n_users=3, n_items=7).to_dense()
     assert torch.allclose(matrix[1, 3:7], torch.full((4,), 0.5))        # 1/sqrt(4 rated movies)
     assert matrix[2, 3] == 1.0 and matrix[0].sum() == 0 and matrix[1, :3].sum() == 0
-    rng = np.random.default_rng(1)
-    p, q = rng.normal(size=(41, 2)), rng.normal(size=(61, 2))
-    users, items = rng.integers(1, 41, 3000), rng.integers(1, 61, 3000)
-    ratings = np.clip(3 + (p[users] * q[items]).sum(1), 1, 5)
-    frame = pd.DataFrame({"user_id": users, "movie_id": items, "rating": ratings})
+    frame = low_rank_ratings()
     model, _ = rs.train_mf(frame.iloc[:2500], n_users=41, n_items=61, dim=4, epochs=30, lr=0.03,
                            reg=0.001, batch_size=256, implicit_reg=1.0, cosine=True)
     assert model.implicit_factors is not None
