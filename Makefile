@@ -3,6 +3,7 @@
 #   make test    set up, then run every test: library, data, exercises, notebooks (nbval),
 #                APIs, the docs site build and its browser test
 #   make bench   run the benchmarks; prints a table and writes build/bench/results.json
+#   make doctor  check this machine: Python, every pin, disk, data checksums, device (OK/FAIL + the fix)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +16,7 @@ JOBS ?= 2
 # on the cores, and stored outputs are made with the same settings they are checked with.
 NOTEBOOK_ENV := LM4F_SIZE=ci OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
-.PHONY: start setup data test test-lib test-notebooks site serve-site appendices browser-deps bench execute clean-data
+.PHONY: start setup data doctor lint test test-lib test-notebooks site serve-site appendices browser-deps bench execute clean-data
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,11 +30,18 @@ setup: $(STAMP) data
 data: $(STAMP)
 	$(BIN)/python -m lm4f.data fetch
 
+doctor: $(STAMP)
+	$(BIN)/python -m lm4f doctor
+
+# ruff on every Python file that is not a notebook (rules in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests benchmarks site/*.py conftest.py
+
 start: setup
 	$(BIN)/jupyter lab --port=$(PORT) --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) chapters/appA_environment.ipynb
 
 # Every test, as CI runs it.
-test: setup browser-deps
+test: setup browser-deps lint
 	$(BIN)/python -m pytest tests -n $(JOBS) -q --ignore=tests/site
 	$(MAKE) test-notebooks
 	$(BIN)/python -m pytest tests/site -q

@@ -20,7 +20,7 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     if not _notebook_seconds:
         return
-    terminalreporter.section("notebook times (budget %.0f s each)" % NOTEBOOK_BUDGET_S)
+    terminalreporter.section(f"notebook times (budget {NOTEBOOK_BUDGET_S:.0f} s each)")
     for path, seconds in sorted(_notebook_seconds.items(), key=lambda item: -item[1]):
         flag = "  OVER BUDGET" if seconds > NOTEBOOK_BUDGET_S else ""
         terminalreporter.write_line(f"{seconds:7.1f} s  {path}{flag}")

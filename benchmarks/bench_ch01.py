@@ -49,10 +49,12 @@ def run():
 
     encode_seconds = best_of(encode)
     return [
-        {"metric": "GPT-2 (1.07M) step: counted / 6ND FLOPs", "value": counted / cost.training_flops(n_params, tokens.numel()),
-         "unit": "ratio", "device": device},
-        {"metric": "GPT-2 (1.07M) training step", "value": step_seconds * 1000, "unit": "ms (best of 3)", "device": device},
-        {"metric": "GPT-2 (1.07M) achieved", "value": counted / step_seconds / 1e9, "unit": "GFLOP/s", "device": device},
+        {"metric": "GPT-2 (1.07M) step: counted / 6ND FLOPs",
+         "value": counted / cost.training_flops(n_params, tokens.numel()), "unit": "ratio", "device": device},
+        {"metric": "GPT-2 (1.07M) training step", "value": step_seconds * 1000, "unit": "ms (best of 3)",
+         "device": device},
+        {"metric": "GPT-2 (1.07M) achieved", "value": counted / step_seconds / 1e9, "unit": "GFLOP/s",
+         "device": device},
         {"metric": "MiniLM encode, batch 32 x 32 tokens", "value": 32 / encode_seconds, "unit": "sentences/s",
          "device": device},
     ]

@@ -39,7 +39,7 @@ def step_times(batch_size: int = 128, steps: int = 10) -> list[dict]:
                         ("ProductCNN: conv-pool-BN-ReLU, channels-last", vision.ProductCNN())):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-        def train_steps():
+        def train_steps(model=model, optimizer=optimizer):  # bind this iteration's model and optimizer
             for _ in range(steps):
                 loss = F.cross_entropy(model(images), labels)
                 optimizer.zero_grad(set_to_none=True)
@@ -79,7 +79,8 @@ def run():
                          label_smoothing=lm4f.pick(ci=0.0, full=0.1), evaluate=evaluate)
     for row in history:
         figures.append({"metric": f"test accuracy after epoch {row['epoch']}", "value": round(row["test_accuracy"], 4),
-                        "unit": f"fraction (at {row['wall_s']:.0f} s wall)", "wall_s": round(row["wall_s"], 1), **context})
+                        "unit": f"fraction (at {row['wall_s']:.0f} s wall)", "wall_s": round(row["wall_s"], 1),
+                        **context})
     model.cpu().eval()
     images_per_second = images * epochs / history[-1]["wall_s"]
     figures.append({"metric": "training throughput", "value": round(images_per_second), "unit": "images/s", **context})
@@ -87,8 +88,10 @@ def run():
     payload = {"pixels": test_u8[0].tolist()}
     png = vision.encode_png(test_u8[0])
     with lm4f.serving.start(create_app(model)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-        for route, send in (("POST /predict (JSON)", lambda: client.post("/predict", json=payload)),
-                            ("POST /predict/png", lambda: client.post("/predict/png", files={"file": ("x.png", png, "image/png")}))):
+        routes = (("POST /predict (JSON)", lambda: client.post("/predict", json=payload)),
+                  ("POST /predict/png", lambda: client.post("/predict/png",
+                                                            files={"file": ("x.png", png, "image/png")})))
+        for route, send in routes:
             stats = lm4f.serving.measure_latency(send, requests=lm4f.pick(ci=100, full=500))
             for key in ("p50_ms", "p95_ms"):
                 figures.append({"metric": f"{route} latency {key[:3]}", "value": round(stats[key], 2), "unit": "ms",

@@ -7,6 +7,7 @@ same epoch takes on an idle machine.
 """
 
 import time
+from functools import partial
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -64,19 +65,20 @@ def run():
         model = MLP((784, HIDDEN, 10), rng)
         optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
         with threadpool_limits(threads):
-            numpy_wall, numpy_cpu = _best(lambda: _numpy_epoch(images, labels, model, optimizer, rng), repeats)
+            numpy_wall, numpy_cpu = _best(partial(_numpy_epoch, images, labels, model, optimizer, rng), repeats)
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         torch_model = torch.nn.Sequential(torch.nn.Linear(784, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 10))
         torch_optimizer = torch.optim.SGD(torch_model.parameters(), lr=0.01, momentum=0.9)
-        torch_wall, torch_cpu = _best(lambda: _torch_epoch(torch_images, torch_labels, torch_model, torch_optimizer),
+        torch_wall, torch_cpu = _best(partial(_torch_epoch, torch_images, torch_labels, torch_model, torch_optimizer),
                                       repeats)
         context = {"device": "cpu", "threads": threads, "images": len(images), "batch": BATCH_SIZE}
+        unit = f"s (best of {repeats})"
         figures += [
-            {"metric": f"numpy epoch wall, {threads} thread(s)", "value": numpy_wall, "unit": f"s (best of {repeats})", **context},
-            {"metric": f"numpy epoch cpu, {threads} thread(s)", "value": numpy_cpu, "unit": f"s (best of {repeats})", **context},
-            {"metric": f"torch eager epoch wall, {threads} thread(s)", "value": torch_wall, "unit": f"s (best of {repeats})", **context},
-            {"metric": f"torch eager epoch cpu, {threads} thread(s)", "value": torch_cpu, "unit": f"s (best of {repeats})", **context},
+            {"metric": f"numpy epoch wall, {threads} thread(s)", "value": numpy_wall, "unit": unit, **context},
+            {"metric": f"numpy epoch cpu, {threads} thread(s)", "value": numpy_cpu, "unit": unit, **context},
+            {"metric": f"torch eager epoch wall, {threads} thread(s)", "value": torch_wall, "unit": unit, **context},
+            {"metric": f"torch eager epoch cpu, {threads} thread(s)", "value": torch_cpu, "unit": unit, **context},
         ]
     torch.set_num_threads(threads_before)
     return figures

@@ -1,7 +1,6 @@
 """Recommender (case study 6.4) at the CI size: RMSE on u1, HR@10 / NDCG@10, training time, API latency."""
 
 import httpx
-import numpy as np
 import torch
 
 import lm4f
@@ -23,7 +22,8 @@ def run():
     mf, mf_seconds = rs.train_mf(train, dim=64, epochs=lm4f.pick(ci=15, full=30), reg=0.1, cosine=True,
                                  implicit_reg=100.0)
     figures += [
-        {"metric": "MF RMSE (u1.test, mku.sh split)", "value": rs.rmse(rs.predict_mf(mf, test.user_id, test.movie_id), test.rating), "unit": "rating points"},
+        {"metric": "MF RMSE (u1.test, mku.sh split)",
+         "value": rs.rmse(rs.predict_mf(mf, test.user_id, test.movie_id), test.rating), "unit": "rating points"},
         {"metric": "MF training time (u1.base)", "value": mf_seconds, "unit": "s", "device": "cpu"},
     ]
 
@@ -33,8 +33,10 @@ def run():
                                                 epochs=lm4f.pick(ci=12, full=200))
     result = rs.evaluate_ranking(lambda user, history: sasrec.next_item_scores(history), split, "test")
     figures += [
-        {"metric": "SASRec HR@10 (leave-one-out by time, full ranking)", "value": result["HR@10"], "unit": "share of users"},
-        {"metric": "SASRec NDCG@10 (leave-one-out by time, full ranking)", "value": result["NDCG@10"], "unit": "mean gain"},
+        {"metric": "SASRec HR@10 (leave-one-out by time, full ranking)", "value": result["HR@10"],
+         "unit": "share of users"},
+        {"metric": "SASRec NDCG@10 (leave-one-out by time, full ranking)", "value": result["NDCG@10"],
+         "unit": "mean gain"},
         {"metric": "SASRec training time", "value": sasrec_seconds, "unit": "s", "device": "cpu"},
     ]
 
@@ -44,8 +46,10 @@ def run():
         latency = lm4f.serving.measure_latency(lambda: client.post("/recommend", json={"user_id": 42, "k": 10}),
                                                requests=200)
     figures += [
-        {"metric": "API latency p50 (POST /recommend, localhost)", "value": latency["p50_ms"], "unit": "ms", "device": device},
-        {"metric": "API latency p95 (POST /recommend, localhost)", "value": latency["p95_ms"], "unit": "ms", "device": device},
+        {"metric": "API latency p50 (POST /recommend, localhost)", "value": latency["p50_ms"], "unit": "ms",
+         "device": device},
+        {"metric": "API latency p95 (POST /recommend, localhost)", "value": latency["p95_ms"], "unit": "ms",
+         "device": device},
     ]
     for figure in figures:
         figure["torch_threads"] = torch.get_num_threads()

@@ -28,68 +28,89 @@ def links(patterns):
 # (paper, link, what it contributes, where in the course (section label), notebook glob patterns)
 PAPERS = [
  ("Foundations", [
-  ("Rumelhart, Hinton & Williams (1986), *Learning representations by back-propagating errors*", "https://doi.org/10.1038/323533a0",
-   "backpropagation: the chain rule through a network", "3.1, 5", ["chapters/ch03_1_*.ipynb", "chapters/ch05_1_*.ipynb", "exercises/ch03_*.ipynb"]),
+  ("Rumelhart, Hinton & Williams (1986), *Learning representations by back-propagating errors*",
+   "https://doi.org/10.1038/323533a0",
+   "backpropagation: the chain rule through a network", "3.1, 5",
+   ["chapters/ch03_1_*.ipynb", "chapters/ch05_1_*.ipynb", "exercises/ch03_*.ipynb"]),
   ("LeCun et al. (1998), *Gradient-based learning applied to document recognition*", "https://doi.org/10.1109/5.726791",
    "convolutional networks trained end to end", "2, 6.3", ["chapters/ch02_*.ipynb", "chapters/ch06_3_*.ipynb"]),
   ("Kingma & Ba (2015), *Adam: a method for stochastic optimization*", "https://arxiv.org/abs/1412.6980",
    "the Adam optimiser, written from scratch and matched to `torch.optim`", "4.1", ["chapters/ch04_1_*.ipynb"]),
   ("Loshchilov & Hutter (2019), *Decoupled weight decay regularization*", "https://arxiv.org/abs/1711.05101",
-   "AdamW, used to train every model from chapter 4 on", "4.1, 8.1", ["chapters/ch04_1_*.ipynb", "chapters/ch08_1_*.ipynb"]),
+   "AdamW, used to train every model from chapter 4 on", "4.1, 8.1",
+   ["chapters/ch04_1_*.ipynb", "chapters/ch08_1_*.ipynb"]),
   ("Srivastava et al. (2014), *Dropout*", "https://jmlr.org/papers/v15/srivastava14a.html",
    "dropout against overfitting", "3.2, 8.1.1", ["chapters/ch03_2_*.ipynb", "chapters/ch08_1_*.ipynb"]),
   ("He et al. (2016), *Deep residual learning for image recognition*", "https://arxiv.org/abs/1512.03385",
-   "residual connections (ResNet; also inside every Transformer block)", "6.3, 4.3", ["chapters/ch06_3_*.ipynb", "chapters/ch04_3_*.ipynb"]),
+   "residual connections (ResNet; also inside every Transformer block)", "6.3, 4.3",
+   ["chapters/ch06_3_*.ipynb", "chapters/ch04_3_*.ipynb"]),
   ("Goodfellow, Bengio & Courville (2016), *Deep Learning* (book)", "https://www.deeplearningbook.org/",
    "the mathematics of chapter 5", "5", ["chapters/ch05_1_*.ipynb", "chapters/ch05_2_*.ipynb"]),
  ]),
  ("Transformers and language models", [
   ("Vaswani et al. (2017), *Attention is all you need*", "https://arxiv.org/abs/1706.03762",
-   "scaled dot-product and multi-head attention, the Transformer", "4.2, 4.3", ["chapters/ch04_2_*.ipynb", "chapters/ch04_3_*.ipynb", "chapters/ch05_1_*.ipynb"]),
-  ("Devlin et al. (2019), *BERT: pre-training of deep bidirectional Transformers for language understanding*", "https://arxiv.org/abs/1810.04805",
-   "the encoder whose architecture MiniLM uses; loaded into our own code", "2, 4.3, 6.2", ["chapters/ch02_*.ipynb", "chapters/ch04_3_*.ipynb", "chapters/ch06_2_*.ipynb"]),
-  ("Radford et al. (2019), *Language models are unsupervised multitask learners* (GPT-2)", "https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf",
-   "the decoder-only GPT, pre-LayerNorm, weight tying", "4.3, 8.1, 9-10", ["chapters/ch04_3_*.ipynb", "chapters/ch08_1_*.ipynb", "chapters/ch09_10_1_*.ipynb"]),
+   "scaled dot-product and multi-head attention, the Transformer", "4.2, 4.3",
+   ["chapters/ch04_2_*.ipynb", "chapters/ch04_3_*.ipynb", "chapters/ch05_1_*.ipynb"]),
+  ("Devlin et al. (2019), *BERT: pre-training of deep bidirectional Transformers for language understanding*",
+   "https://arxiv.org/abs/1810.04805",
+   "the encoder whose architecture MiniLM uses; loaded into our own code", "2, 4.3, 6.2",
+   ["chapters/ch02_*.ipynb", "chapters/ch04_3_*.ipynb", "chapters/ch06_2_*.ipynb"]),
+  ("Radford et al. (2019), *Language models are unsupervised multitask learners* (GPT-2)",
+   "https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf",
+   "the decoder-only GPT, pre-LayerNorm, weight tying", "4.3, 8.1, 9-10",
+   ["chapters/ch04_3_*.ipynb", "chapters/ch08_1_*.ipynb", "chapters/ch09_10_1_*.ipynb"]),
   ("Wang et al. (2020), *MiniLM*", "https://arxiv.org/abs/2002.10957",
-   "the compact pretrained encoder used throughout (all-MiniLM-L6-v2)", "1, 6.2, 9-10", ["chapters/ch01_*.ipynb", "chapters/ch06_2_*.ipynb", "chapters/ch09_10_2_*.ipynb"]),
+   "the compact pretrained encoder used throughout (all-MiniLM-L6-v2)", "1, 6.2, 9-10",
+   ["chapters/ch01_*.ipynb", "chapters/ch06_2_*.ipynb", "chapters/ch09_10_2_*.ipynb"]),
   ("Reimers & Gurevych (2019), *Sentence-BERT*", "https://arxiv.org/abs/1908.10084",
    "mean-pooled sentence embeddings for retrieval", "6.2", ["chapters/ch06_2_*.ipynb"]),
   ("Kaplan et al. (2020), *Scaling laws for neural language models*", "https://arxiv.org/abs/2001.08361",
-   "6 N FLOPs per token; loss as a power law of model size", "1, 9-10", ["chapters/ch01_*.ipynb", "chapters/ch09_10_1_*.ipynb"]),
+   "6 N FLOPs per token; loss as a power law of model size", "1, 9-10",
+   ["chapters/ch01_*.ipynb", "chapters/ch09_10_1_*.ipynb"]),
   ("Hoffmann et al. (2022), *Training compute-optimal large language models*", "https://arxiv.org/abs/2203.15556",
-   "about 20 tokens per parameter (\"Chinchilla\")", "1, 9-10", ["chapters/ch01_*.ipynb", "chapters/ch09_10_1_*.ipynb"]),
+   "about 20 tokens per parameter (\"Chinchilla\")", "1, 9-10",
+   ["chapters/ch01_*.ipynb", "chapters/ch09_10_1_*.ipynb"]),
   ("Pope et al. (2023), *Efficiently scaling Transformer inference*", "https://arxiv.org/abs/2211.05102",
    "the KV cache and the memory-bound decode step", "9-10", ["chapters/ch09_10_1_*.ipynb"]),
   ("Rajbhandari et al. (2020), *ZeRO*", "https://arxiv.org/abs/1910.02054",
    "16 bytes per parameter for mixed-precision Adam training", "1", ["chapters/ch01_*.ipynb"]),
   ("Hu et al. (2022), *LoRA: low-rank adaptation of large language models*", "https://arxiv.org/abs/2106.09685",
    "parameter-efficient fine-tuning, written by hand on MiniLM", "9-10", ["chapters/ch09_10_2_*.ipynb"]),
-  ("Radford et al. (2021), *Learning transferable visual models from natural language supervision* (CLIP)", "https://arxiv.org/abs/2103.00020",
+  ("Radford et al. (2021), *Learning transferable visual models from natural language supervision* (CLIP)",
+   "https://arxiv.org/abs/2103.00020",
    "contrastive image-text training and zero-shot classification", "9-10", ["chapters/ch09_10_2_*.ipynb"]),
  ]),
  ("Risks, privacy and cost control", [
-  ("Zhang et al. (2017), *Understanding deep learning requires rethinking generalization*", "https://arxiv.org/abs/1611.03530",
+  ("Zhang et al. (2017), *Understanding deep learning requires rethinking generalization*",
+   "https://arxiv.org/abs/1611.03530",
    "networks fit their training data perfectly, noise included", "8.1.1", ["chapters/ch08_1_*.ipynb"]),
-  ("Simonyan, Vedaldi & Zisserman (2014), *Deep inside convolutional networks* (saliency maps)", "https://arxiv.org/abs/1312.6034",
+  ("Simonyan, Vedaldi & Zisserman (2014), *Deep inside convolutional networks* (saliency maps)",
+   "https://arxiv.org/abs/1312.6034",
    "gradient saliency", "8.1.2", ["chapters/ch08_1_*.ipynb"]),
   ("Adebayo et al. (2018), *Sanity checks for saliency maps*", "https://arxiv.org/abs/1810.03292",
    "why explanations must be tested (our deletion test)", "8.1.2", ["chapters/ch08_1_*.ipynb"]),
   ("Carlini et al. (2021), *Extracting training data from large language models*", "https://arxiv.org/abs/2012.07805",
    "the extraction test on a GPT", "8.1.3", ["chapters/ch08_1_*.ipynb"]),
-  ("Shokri et al. (2017), *Membership inference attacks against machine learning models*", "https://arxiv.org/abs/1610.05820",
+  ("Shokri et al. (2017), *Membership inference attacks against machine learning models*",
+   "https://arxiv.org/abs/1610.05820",
    "membership inference", "8.1.4", ["chapters/ch08_1_*.ipynb", "solutions/ch08_*.ipynb"]),
-  ("Yeom et al. (2018), *Privacy risk in machine learning: analyzing the connection to overfitting*", "https://arxiv.org/abs/1709.01604",
+  ("Yeom et al. (2018), *Privacy risk in machine learning: analyzing the connection to overfitting*",
+   "https://arxiv.org/abs/1709.01604",
    "the loss-threshold attack (exercise 8.1)", "8.1.4", ["chapters/ch08_1_*.ipynb", "exercises/ch08_*.ipynb"]),
-  ("Jacob et al. (2018), *Quantization and training of neural networks for efficient integer-arithmetic-only inference*", "https://arxiv.org/abs/1712.05877",
+  ("Jacob et al. (2018), *Quantization and training of neural networks for efficient "
+   "integer-arithmetic-only inference*",
+   "https://arxiv.org/abs/1712.05877",
    "int8 quantisation", "8.2", ["chapters/ch08_2_*.ipynb"]),
-  ("Han et al. (2015), *Learning both weights and connections for efficient neural networks*", "https://arxiv.org/abs/1506.02626",
+  ("Han et al. (2015), *Learning both weights and connections for efficient neural networks*",
+   "https://arxiv.org/abs/1506.02626",
    "magnitude pruning (exercise 8.2)", "8.2", ["chapters/ch08_2_*.ipynb", "exercises/ch08_*.ipynb"]),
   ("Hinton, Vinyals & Dean (2015), *Distilling the knowledge in a neural network*", "https://arxiv.org/abs/1503.02531",
    "knowledge distillation", "8.2", ["chapters/ch08_2_*.ipynb"]),
  ]),
  ("Data", [
   ("Xiao, Rasul & Vollgraf (2017), *Fashion-MNIST*", "https://arxiv.org/abs/1708.07747",
-   "the product images", "3, 6.3, 8, 9-10", ["chapters/ch03_2_*.ipynb", "chapters/ch06_3_*.ipynb", "chapters/ch08_2_*.ipynb"]),
+   "the product images", "3, 6.3, 8, 9-10",
+   ["chapters/ch03_2_*.ipynb", "chapters/ch06_3_*.ipynb", "chapters/ch08_2_*.ipynb"]),
   ("Harper & Konstan (2015), *The MovieLens datasets: history and context*", "https://doi.org/10.1145/2827872",
    "the ratings of the recommender", "6.4", ["chapters/ch06_4_*.ipynb"]),
  ]),
@@ -108,15 +129,24 @@ def literature_page() -> str:
         out += [f"## {section}", "", "| paper | what the course takes from it | run it in |", "|---|---|---|"]
         for title, url, what, where, patterns in papers:
             found = links(patterns)
-            cell = ", ".join(f"[{name}](../{rel})" for rel, name in found) if found else f"chapter {where} (notebook to come)"
+            if found:
+                cell = ", ".join(f"[{name}](../{rel})" for rel, name in found)
+            else:
+                cell = f"chapter {where} (notebook to come)"
             out.append(f"| [{title}]({url}) | {what} | {cell} |")
         out.append("")
     out += ["## Websites", "",
             "- [arXiv](https://arxiv.org/): preprints of nearly every paper above (the book names it too).",
-            "- [PyTorch documentation](https://pytorch.org/docs/stable/): `torch.nn`, `torch.ao.quantization`, `torch.nn.utils.prune` as used in chapter 8.",
-            "- [Hugging Face documentation](https://huggingface.co/docs): tokenisers and the pretrained checkpoints format read in chapters 4.3 and 6.2.",
+            "- [PyTorch documentation](https://pytorch.org/docs/stable/): `torch.nn`, `torch.ao.quantization`, "
+            "`torch.nn.utils.prune` as used in chapter 8.",
+            "- [Hugging Face documentation](https://huggingface.co/docs): tokenisers and the pretrained checkpoints "
+            "format read in chapters 4.3 and 6.2.",
             ""]
     return "\n".join(out)
+
+
+def _timestamp(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def notebook_seconds(path):
@@ -128,8 +158,7 @@ def notebook_seconds(path):
         code += 1
         ex = cell.get("metadata", {}).get("execution", {})
         if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
-            f = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
-            total += (f(ex["shell.execute_reply"]) - f(ex["iopub.execute_input"])).total_seconds()
+            total += (_timestamp(ex["shell.execute_reply"]) - _timestamp(ex["iopub.execute_input"])).total_seconds()
             timed += 1
     return total if timed == code and code else None
 
@@ -143,17 +172,21 @@ def rel(p):
 
 # phase, book weeks, what the course does for it, notebook globs whose stored run time measures it
 PHASES = [
- ("1. Technology research and learning", "1 week", "run chapters 1-5 (background, foundations, principles, algorithms, maths)",
-  ["chapters/ch01_*.ipynb", "chapters/ch02_*.ipynb", "chapters/ch03_*.ipynb", "chapters/ch04_*.ipynb", "chapters/ch05_*.ipynb"]),
+ ("1. Technology research and learning", "1 week",
+  "run chapters 1-5 (background, foundations, principles, algorithms, maths)",
+  ["chapters/ch01_*.ipynb", "chapters/ch02_*.ipynb", "chapters/ch03_*.ipynb", "chapters/ch04_*.ipynb",
+   "chapters/ch05_*.ipynb"]),
  ("2. Requirements analysis and design", "2 weeks", "the build-vs-buy table and the cost calculator",
   ["chapters/ch07_*.ipynb"]),
- ("3. Data collection and preprocessing", "2 weeks", "fetch, verify and load every data set (appendix A checks them all)",
+ ("3. Data collection and preprocessing", "2 weeks",
+  "fetch, verify and load every data set (appendix A checks them all)",
   ["chapters/appA_*.ipynb"]),
  ("4. Model training and tuning", "4 weeks", "the three case studies and the GPT: data, baselines, training, tuning",
   ["chapters/ch06_*.ipynb"]),
  ("5. Model evaluation and optimisation", "2 weeks", "risk checks and cost control (chapter 8)",
   ["chapters/ch08_*.ipynb"]),
- ("6. Deployment and monitoring", "1 week", "each case study behind a real HTTP API, latency measured (inside the chapter 6 notebooks)",
+ ("6. Deployment and monitoring", "1 week",
+  "each case study behind a real HTTP API, latency measured (inside the chapter 6 notebooks)",
   []),
  ("7. Product iteration", "ongoing", "re-run the pipeline on new data: the same notebooks", []),
 ]
@@ -199,7 +232,10 @@ def roadmap_page() -> str:
         out += ["| file | machine | size | model | training time | p50 / p95 latency |", "|---|---|---|---|---|---|"]
         for path, machine, size, row in results:
             train = fmt(row.get("train_seconds")) if row.get("train_seconds") is not None else "-"
-            lat = (f"{row['p50_ms']:.1f} / {row['p95_ms']:.1f} ms" if row.get("p50_ms") is not None and row.get("p95_ms") is not None else "-")
+            if row.get("p50_ms") is not None and row.get("p95_ms") is not None:
+                lat = f"{row['p50_ms']:.1f} / {row['p95_ms']:.1f} ms"
+            else:
+                lat = "-"
             out.append(f"| `{path}` | {machine} | {size} | {row.get('model', '?')} | {train} | {lat} |")
     else:
         out.append("No case study had written its `results/*.json` when this page was generated: "

@@ -39,7 +39,8 @@ def test_stub_and_solution_notebooks_have_the_same_cells_apart_from_the_answers(
     stub = json.loads(EXERCISES.read_text())["cells"]
     solved = json.loads(SOLUTIONS.read_text())["cells"]
     assert len(stub) == len(solved)
-    assert sum("raise NotImplementedError" in "".join(c["source"]) for c in stub if c["cell_type"] == "code") == N_EXERCISES
+    assert sum("raise NotImplementedError" in "".join(c["source"])
+               for c in stub if c["cell_type"] == "code") == N_EXERCISES
     assert not any("raise NotImplementedError" in "".join(c["source"]) for c in solved if c["cell_type"] == "code")
     assert all(not c.get("outputs") for c in stub if c["cell_type"] == "code")  # stored without outputs
 

@@ -66,7 +66,8 @@ def test_confusion_check_catches_a_transposed_matrix():
 def test_calibration_check_catches_unweighted_bins():
     def unweighted(confidence, correct, bins=10):
         which = np.minimum((confidence * bins).astype(int), bins - 1)
-        gaps = [abs(confidence[which == b].mean() - correct[which == b].mean()) for b in range(bins) if (which == b).any()]
+        gaps = [abs(confidence[which == b].mean() - correct[which == b].mean())
+                for b in range(bins) if (which == b).any()]
         return float(np.mean(gaps))
 
     with pytest.raises(ExerciseError, match="equally"):

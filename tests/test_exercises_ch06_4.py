@@ -36,7 +36,8 @@ def test_stub_and_solution_notebooks_differ_only_in_the_answers():
     stub = json.loads(EXERCISES.read_text())["cells"]
     solved = json.loads(SOLUTIONS.read_text())["cells"]
     assert len(stub) == len(solved)
-    assert sum("raise NotImplementedError" in "".join(c["source"]) for c in stub if c["cell_type"] == "code") == N_EXERCISES
+    assert sum("raise NotImplementedError" in "".join(c["source"])
+               for c in stub if c["cell_type"] == "code") == N_EXERCISES
     assert not any("raise NotImplementedError" in "".join(c["source"]) for c in solved if c["cell_type"] == "code")
     assert all(not c.get("outputs") for c in stub if c["cell_type"] == "code")
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from lm4f.checks import ExerciseError
 from lm4f.exercises import ch08

@@ -23,7 +23,7 @@ def test_seed_everything_repeats_numpy_and_torch():
 def test_choose_device_cpu_here_and_clear_error_for_missing_gpu(monkeypatch):
     monkeypatch.delenv("LM4F_DEVICE", raising=False)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert lm4f.choose_device().type in (expected, "mps")
+    assert lm4f.choose_device().type == expected  # never mps unless asked for
     monkeypatch.setenv("LM4F_DEVICE", "cpu")
     assert lm4f.choose_device().type == "cpu"
     if not torch.cuda.is_available():
@@ -31,20 +31,35 @@ def test_choose_device_cpu_here_and_clear_error_for_missing_gpu(monkeypatch):
             lm4f.choose_device("cuda")
 
 
-@pytest.mark.parametrize("size, expected", [("ci", 2), ("full", 30), (None, 2)])
+def test_mps_is_opt_in_even_where_it_is_available(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("LM4F_DEVICE", raising=False)
+    assert lm4f.choose_device().type == "cpu"
+    monkeypatch.setenv("LM4F_DEVICE", "mps")
+    assert lm4f.choose_device().type == "mps"
+
+
+def test_unknown_device_name_is_refused_with_the_choices(monkeypatch):
+    monkeypatch.setenv("LM4F_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="cpu, cuda, mps"):
+        lm4f.choose_device()
+
+
+@pytest.mark.parametrize("size, expected", [("ci", "2 2"), ("full", "30 30"), ("smoke", "1 30"), (None, "2 2")])
 def test_size_switch(size, expected):
     env = {k: v for k, v in os.environ.items() if k != "LM4F_SIZE"}
     if size:
         env["LM4F_SIZE"] = size
-    output = subprocess.run([sys.executable, "-c", "import lm4f; print(lm4f.pick(ci=2, full=30))"],
-                            env=env, capture_output=True, text=True, check=True).stdout
-    assert output.strip() == str(expected)
+    code = "import lm4f; print(lm4f.pick(ci=2, full=30, smoke=1), lm4f.pick(ci=2, full=30))"
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert output.strip() == expected
 
 
 def test_bad_size_value_is_refused_with_the_fix():
     env = dict(os.environ, LM4F_SIZE="huge")
     result = subprocess.run([sys.executable, "-c", "import lm4f"], env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "LM4F_SIZE must be 'ci' or 'full'" in result.stderr
+    assert result.returncode != 0 and "LM4F_SIZE must be one of ci, full, smoke" in result.stderr
 
 
 def test_train_epochs_learns_a_linear_rule():

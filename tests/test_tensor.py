@@ -235,7 +235,7 @@ def test_mlp_learns_digits_quickly():
     model = MLP((64, 64, 10), rng, dropout_rate=0.1)
     optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9)
     train, test = slice(0, 1500), slice(1500, None)
-    for epoch in range(10):
+    for _ in range(10):
         order = rng.permutation(1500)
         for start in range(0, 1500, 64):
             batch = order[start:start + 64]

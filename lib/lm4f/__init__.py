@@ -10,7 +10,9 @@ It holds only what two or more notebooks use:
 from lm4f.utils import (
     FULL_SIZE,
     SIZE,
+    SMOKE,
     choose_device,
+    expect_near,
     pick,
     print_environment,
     seed_everything,
@@ -23,7 +25,9 @@ __version__ = "0.1.0"
 __all__ = [
     "FULL_SIZE",
     "SIZE",
+    "SMOKE",
     "choose_device",
+    "expect_near",
     "pick",
     "print_environment",
     "seed_everything",

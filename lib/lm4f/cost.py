@@ -174,11 +174,14 @@ class GPU:
 
 
 GPUS = {
-    "H100 SXM": GPU("H100 SXM", 989.0, 80, 3.35, 2.50, "NVIDIA H100 datasheet: bf16 1,979 TFLOP/s with sparsity = 989 dense"),
-    "H200 SXM": GPU("H200 SXM", 989.0, 141, 4.8, 3.50, "NVIDIA H200 datasheet: same compute as H100 SXM, more and faster memory"),
+    "H100 SXM": GPU("H100 SXM", 989.0, 80, 3.35, 2.50,
+                    "NVIDIA H100 datasheet: bf16 1,979 TFLOP/s with sparsity = 989 dense"),
+    "H200 SXM": GPU("H200 SXM", 989.0, 141, 4.8, 3.50,
+                    "NVIDIA H200 datasheet: same compute as H100 SXM, more and faster memory"),
     "A100 80GB": GPU("A100 80GB", 312.0, 80, 2.04, 1.50, "NVIDIA A100 datasheet: bf16 312 TFLOP/s dense"),
     "L4": GPU("L4", 121.0, 24, 0.30, 0.80, "NVIDIA L4 datasheet: bf16 242 TFLOP/s with sparsity = 121 dense"),
-    "RTX 4090": GPU("RTX 4090", 165.2, 24, 1.01, 0.40, "NVIDIA Ada whitepaper: fp16/bf16 with fp32 accumulate 165.2 dense"),
+    "RTX 4090": GPU("RTX 4090", 165.2, 24, 1.01, 0.40,
+                    "NVIDIA Ada whitepaper: fp16/bf16 with fp32 accumulate 165.2 dense"),
 }
 
 DEFAULT_MFU = 0.35  # an assumption: well-tuned large-model training reaches about 30-50 % of peak

@@ -207,7 +207,8 @@ MOVIELENS_FILES = {
     "MovieLens100k_users.parquet.brotli": "8ca382e9b1275d509687080c6c4751bbbb9aad871422e81bc8a98da73e158f7f",
 }
 REVIEWS_FILES = {
-    "WomensClothingE-CommerceReviews.parquet.brotli": "2d51764ec91b143fa437860e3ba459f7a18ee562aa0ff7b961d88ae3bebcbfbd",
+    "WomensClothingE-CommerceReviews.parquet.brotli":
+        "2d51764ec91b143fa437860e3ba459f7a18ee562aa0ff7b961d88ae3bebcbfbd",
 }
 # sha256 of the ratings as an int64 array (user_id, movie_id, rating, timestamp), row order of
 # u.data: the same for both roads.
@@ -298,8 +299,8 @@ def movielens_100k() -> dict:
 
     ``ratings``: user_id, movie_id, rating (1-5), timestamp (unix seconds), in the row order of
     GroupLens' ``u.data`` (100,000 rows, 943 users, 1,682 movies). ``items``: movie_id,
-    movie_title, release_date, video_release_date, IMDb_URL, 19 genre flags. ``users``: user_id, age, gender, occupation,
-    zip_code.
+    movie_title, release_date, video_release_date, IMDb_URL, 19 genre flags. ``users``: user_id, age, gender,
+    occupation, zip_code.
     """
     import pandas as pd
 

@@ -21,6 +21,7 @@ import sys
 import torch
 
 from lm4f.transformer import GPT, GPTConfig
+from lm4f.utils import choose_device
 
 CONFIG = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=2, n_embd=32)
 GLOBAL_BATCH = 8
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    use_cuda = torch.cuda.is_available()
+    use_cuda = choose_device().type == "cuda"  # LM4F_DEVICE=cpu keeps a GPU machine on gloo
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if GLOBAL_BATCH % world:

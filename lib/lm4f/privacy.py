@@ -24,8 +24,10 @@ PATTERNS: dict[str, re.Pattern] = {
     # 18-99 counts, not followed by a unit or a cup size: "I'm 5'4", "I'm 8" (a dress size) and
     # "I'm 34 dd" are not ages.
     "AGE": re.compile(
-        r"(?i)(?<=\bi'm )(?:1[89]|[2-9]\d)\b(?!['\"\u2019-]| ?(?:lbs?|pounds|kg|%|inches|in\b|cm|ft|feet|weeks?|months?|[a-d]{1,3}\b))"
-        r"|(?<=\bi am )(?:1[89]|[2-9]\d)\b(?!['\"\u2019-]| ?(?:lbs?|pounds|kg|%|inches|in\b|cm|ft|feet|weeks?|months?|[a-d]{1,3}\b))"
+        r"(?i)(?<=\bi'm )(?:1[89]|[2-9]\d)\b"
+        r"(?!['\"\u2019-]| ?(?:lbs?|pounds|kg|%|inches|in\b|cm|ft|feet|weeks?|months?|[a-d]{1,3}\b))"
+        r"|(?<=\bi am )(?:1[89]|[2-9]\d)\b"
+        r"(?!['\"\u2019-]| ?(?:lbs?|pounds|kg|%|inches|in\b|cm|ft|feet|weeks?|months?|[a-d]{1,3}\b))"
         r"|\b\d{1,2}(?= ?(?:years?|yrs?)[ -]old\b)"
         r"|(?<=\bage )\d{1,2}\b|(?<=\baged )\d{1,2}\b"
         r"|\b\d{1,2}(?= ?yo\b)"

@@ -13,7 +13,6 @@ Item ids inside the models are the MovieLens ``movie_id`` (1..1682); index 0 is 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 

@@ -89,7 +89,7 @@ class Tensor:
     def item(self) -> float:
         return float(self.data)
 
-    def _wrap(self, other) -> "Tensor":
+    def _wrap(self, other) -> Tensor:
         if isinstance(other, Tensor):
             return other
         # a Python number or array constant takes our dtype, so float32 stays float32

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import string
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def clean_review(text: str) -> str:
     return text.strip()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reviews_by_split() -> dict[str, list[str]]:
     from lm4f.data import clothing_reviews
 
@@ -105,7 +105,7 @@ def review_corpus(split: str = "train", max_reviews: int | None = None) -> str:
     return "\n".join(reviews) + "\n"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _encoded(split: str):
     import torch
 

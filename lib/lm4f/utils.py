@@ -6,27 +6,41 @@ import os
 import platform
 import random
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 # ---------------------------------------------------------------------------------------------
 # The size switch: one environment variable for the whole course.
 #
-#   LM4F_SIZE=ci    (default) settings that finish in about 5 minutes per notebook on 2 CPU cores;
-#                   these are the settings stored notebooks and CI run with.
-#   LM4F_SIZE=full  the full-size settings (more data, more epochs, bigger models; a GPU helps).
+#   LM4F_SIZE=ci     (default) settings that finish in about 5 minutes per notebook on 2 CPU cores;
+#                    these are the settings stored notebooks are executed and checked with.
+#   LM4F_SIZE=full   the full-size settings (more data, more epochs, bigger models; a GPU helps).
+#   LM4F_SIZE=smoke  the full-size code path (architectures, bf16 autocast, torch.compile) for a
+#                    handful of steps on a tiny slice, so that no line of the full run executes for
+#                    the first time on a user's machine. Its numbers mean nothing.
 #
-# In a notebook:  epochs = lm4f.pick(ci=2, full=30)
+# In a notebook:  epochs = lm4f.pick(ci=2, full=30, smoke=1)
+# A value without ``smoke=`` (an architecture, a precision) takes its full-size value under smoke.
 # ---------------------------------------------------------------------------------------------
+SIZES = ("ci", "full", "smoke")
 SIZE = os.environ.get("LM4F_SIZE", "ci").strip().lower()
-if SIZE not in ("ci", "full"):
-    raise ValueError(f"LM4F_SIZE must be 'ci' or 'full', not {SIZE!r}. Unset it for the CI size.")
-FULL_SIZE = SIZE == "full"
+if SIZE not in SIZES:
+    raise ValueError(f"LM4F_SIZE must be one of {', '.join(SIZES)}, not {SIZE!r}. Unset it for the CI size.")
+FULL_SIZE = SIZE in ("full", "smoke")  # smoke runs the full-size code path
+SMOKE = SIZE == "smoke"
+
+_UNSET = object()
 
 
-def pick(ci, full):
-    """Return ``full`` when ``LM4F_SIZE=full``, else ``ci``."""
+def pick(ci, full, smoke=_UNSET):
+    """The setting for the current size: ``ci`` by default, ``full`` under ``LM4F_SIZE=full``.
+
+    Under ``LM4F_SIZE=smoke`` it returns ``smoke`` if given (a step count, a data slice), else
+    ``full`` (an architecture, a switch), so that the full-size code path runs, briefly.
+    """
+    if SMOKE:
+        return full if smoke is _UNSET else smoke
     return full if FULL_SIZE else ci
 
 
@@ -44,24 +58,36 @@ def seed_everything(seed: int = 0) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def choose_device(prefer: str | None = None):
-    """Pick the best device: ``cuda`` if a GPU is present, then Apple's ``mps``, else ``cpu``.
+DEVICES = ("cpu", "cuda", "mps")
 
-    ``prefer`` (or the environment variable ``LM4F_DEVICE``) forces one, e.g. ``"cpu"``.
+
+def choose_device(prefer: str | None = None):
+    """The device every notebook, test and benchmark uses: ``LM4F_DEVICE`` if set, else a CUDA GPU, else the CPU.
+
+    ``prefer`` (or the environment variable ``LM4F_DEVICE``) forces one: ``cpu``, ``cuda``,
+    ``cuda:1`` or ``mps``. Apple's ``mps`` is opt-in, never the default: PyTorch's MPS backend
+    still lacks some operations (they fall back to the CPU or fail) and is known to give unstable
+    losses for some of them, and the stored notebooks' numbers have not been checked against it
+    within their tolerances. Set ``LM4F_DEVICE=mps`` to try it.
     """
     import torch
 
-    wanted = prefer or os.environ.get("LM4F_DEVICE")
+    wanted = (prefer or os.environ.get("LM4F_DEVICE") or "").strip().lower()
     if wanted:
+        if wanted.split(":")[0] not in DEVICES:
+            raise ValueError(f"LM4F_DEVICE={wanted!r} is not a device this course knows; use one of "
+                             f"{', '.join(DEVICES)} (or cuda:N), or unset it.")
         if wanted.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"Device {wanted!r} was asked for, but no CUDA GPU is visible. "
-                               "Unset LM4F_DEVICE or use 'cpu'.")
+                               "Unset LM4F_DEVICE or set it to 'cpu'.")
+        if wanted == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise RuntimeError("Device 'mps' was asked for, but this PyTorch sees no Apple GPU. "
+                                   "Unset LM4F_DEVICE or set it to 'cpu'.")
         return torch.device(wanted)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
     return torch.device("cpu")
 
 
@@ -142,3 +168,35 @@ def train_epochs(
         row["seconds"] = time.perf_counter() - started
         history.append(row)
     return history
+
+
+def expect_near(what: str, value, reference, tol: float) -> None:
+    """Check a trained or timed figure against the value stored with the notebook, within ``tol``.
+
+    Figures that come out of training (accuracies, losses, tables of results) change in their last
+    digits from one CPU to another, because each CPU sums floats with other kernels. Such a cell
+    is not compared as text; it calls ``expect_near`` with a tolerance taken from the spread
+    measured across kernel sets, and says so in a comment. ``value`` and ``reference`` may be
+    numbers, equal-length sequences or dicts with the same keys.
+
+    The references are CI-size measurements, so the check runs at the CI size only; at the full
+    size the numbers are supposed to differ, and under ``smoke`` they mean nothing.
+    """
+    if SIZE != "ci":
+        return
+    if isinstance(reference, dict):
+        if not isinstance(value, dict) or set(value) != set(reference):
+            got = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise AssertionError(f"{what}: expected keys {sorted(reference)}, got {got}")
+        pairs = [(f"{what} [{key}]", value[key], reference[key]) for key in reference]
+    elif isinstance(reference, (list, tuple, np.ndarray)):
+        if len(value) != len(reference):
+            raise AssertionError(f"{what}: expected {len(reference)} values, got {len(value)}")
+        pairs = [(f"{what} [{i}]", v, r) for i, (v, r) in enumerate(zip(value, reference))]
+    else:
+        pairs = [(what, value, reference)]
+    far = [(name, float(v), float(r)) for name, v, r in pairs if not abs(float(v) - float(r)) <= tol]
+    if far:
+        lines = "; ".join(f"{name} = {v:.6g}, stored {r:.6g}" for name, v, r in far)
+        raise AssertionError(f"{lines}: outside the tolerance +-{tol:g} measured across CPUs. Something changed "
+                             "more than float rounding does (data, code, seed or library version).")

@@ -93,7 +93,7 @@ def check_sgd_momentum_step(sgd_momentum_step) -> None:
     param, velocity = start.copy(), np.zeros_like(start)
     reference = torch.tensor(start.copy(), requires_grad=True)
     optimizer = torch.optim.SGD([reference], lr=lr, momentum=momentum, weight_decay=weight_decay)
-    for step in range(4):
+    for _ in range(4):
         grad = 2 * (param - target)  # gradient of sum((param - target)^2)
         result = run_check("sgd_momentum_step", sgd_momentum_step, param.copy(), grad, velocity.copy(), lr, momentum,
                            weight_decay, hint=hint)
@@ -116,7 +116,8 @@ def check_numerical_gradient(numerical_gradient) -> None:
         return float(np.sum(np.sin(values) * weights) + np.sum(values ** 3))
 
     exact = np.cos(x) * weights + 3 * x ** 2
-    hint = ("Hint: use central differences; for each entry i: (f(x with x[i] + eps) - f(x with x[i] - eps)) / (2 * eps); "
+    hint = ("Hint: use central differences; for each entry i: "
+            "(f(x with x[i] + eps) - f(x with x[i] - eps)) / (2 * eps); "
             "restore x[i] afterwards (use np.ndindex(x.shape) to visit every entry).")
     before = x.copy()
     mine = run_check("numerical_gradient", numerical_gradient, f, x, 1e-5, hint=hint)

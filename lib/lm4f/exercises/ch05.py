@@ -28,7 +28,8 @@ def check_softmax_cross_entropy_backward(softmax_cross_entropy_backward) -> None
     for rows, classes, scale in ((4, 3, 1.0), (16, 10, 5.0), (3, 5, 1000.0)):  # the last one overflows a naive exp
         logits = rng.normal(size=(rows, classes)) * scale  # (N, C)
         targets = rng.integers(0, classes, size=rows)  # (N,)
-        mine = run_check("softmax_ce_backward", softmax_cross_entropy_backward, logits.copy(), targets.copy(), hint=hint)
+        mine = run_check("softmax_ce_backward", softmax_cross_entropy_backward, logits.copy(), targets.copy(),
+                         hint=hint)
         reference_logits = torch.tensor(logits, requires_grad=True)
         torch.nn.functional.cross_entropy(reference_logits, torch.tensor(targets)).backward()
         reference = reference_logits.grad.numpy()
@@ -76,7 +77,8 @@ def check_layernorm_backward(layernorm_backward) -> None:
         dy = rng.normal(size=(rows, features))  # (N, D)
         mine = run_check("layernorm_backward", layernorm_backward, dy.copy(), x.copy(), gamma.copy(), 1e-5, hint=hint)
         if not isinstance(mine, tuple) or len(mine) != 3:
-            raise ExerciseError(f"layernorm_backward: return a tuple (dx, dgamma, dbeta), got {type(mine).__name__}. {hint}")
+            raise ExerciseError("layernorm_backward: return a tuple (dx, dgamma, dbeta), "
+                                f"got {type(mine).__name__}. {hint}")
         tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
         torch.nn.functional.layer_norm(tx, (features,), tg, tb, eps=1e-5).backward(torch.tensor(dy))
         for name, value, reference in zip(("dx", "dgamma", "dbeta"), mine, (tx.grad, tg.grad, tb.grad)):
