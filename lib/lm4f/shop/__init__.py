@@ -85,6 +85,11 @@ class Passage:
     text: str  # 1-5 plain sentences; every fact a customer may ask about is stated literally
     source: str  # "policies/returns.md" or "reviews: Clothing ID 1078 (rows 12, 345, 901)"
 
+    @property
+    def full_text(self) -> str:
+        """What retrieval indexes: the title, then the text (titles carry words such as "Returns" or an item number)."""
+        return f"{self.title}. {self.text}" if self.title else self.text
+
 
 @dataclass(frozen=True)
 class Question:
