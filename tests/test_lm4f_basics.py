@@ -136,3 +136,26 @@ def test_benchmark_runner_reports_failures(tmp_path):
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["failed"] == ["bench_bad"]
     assert report["figures"] == [{"metric": "m", "value": 1.5, "unit": "x", "benchmark": "good"}]
+
+
+def test_expect_near_accepts_rounding_and_names_what_moved():
+    lm4f.expect_near("accuracy", 0.871, 0.865, tol=0.01)
+    lm4f.expect_near("table", {"a": 0.5, "b": 0.61}, {"a": 0.51, "b": 0.6}, tol=0.02)
+    lm4f.expect_near("curve", [1.0, 2.0], (1.01, 1.99), tol=0.02)
+    with pytest.raises(AssertionError, match=r"table \[b\] = 0.7, stored 0.6"):
+        lm4f.expect_near("table", {"a": 0.5, "b": 0.7}, {"a": 0.5, "b": 0.6}, tol=0.02)
+    with pytest.raises(AssertionError, match="expected keys"):
+        lm4f.expect_near("table", {"a": 0.5}, {"a": 0.5, "b": 0.6}, tol=0.02)
+    with pytest.raises(AssertionError, match="expected 2 values"):
+        lm4f.expect_near("curve", [1.0], [1.0, 2.0], tol=0.02)
+    with pytest.raises(AssertionError):
+        lm4f.expect_near("nan", float("nan"), 0.5, tol=0.1)
+
+
+def test_expect_near_checks_only_at_the_ci_size_and_smoke_results_go_to_build():
+    env = dict(os.environ, LM4F_SIZE="smoke")
+    code = ("import lm4f; lm4f.expect_near('x', 0.0, 1.0, tol=0.1); "
+            "print(lm4f.results_file('cv.json').relative_to(lm4f.utils.REPO_ROOT))")
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "build/smoke/results/cv.json"
+    assert lm4f.results_file("cv.json") == lm4f.utils.REPO_ROOT / "results" / "cv.json"

@@ -7,6 +7,7 @@ import platform
 import random
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +32,23 @@ FULL_SIZE = SIZE in ("full", "smoke")  # smoke runs the full-size code path
 SMOKE = SIZE == "smoke"
 
 _UNSET = object()
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def results_dir() -> Path:
+    """The folder of the figures chapter 7 reads: ``results/`` in the repository.
+
+    Under ``LM4F_SIZE=smoke`` the figures mean nothing, so they go to ``build/smoke/results/``
+    instead and the measured ones stay untouched.
+    """
+    folder = REPO_ROOT / "build" / "smoke" / "results" if SMOKE else REPO_ROOT / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def results_file(name: str) -> Path:
+    """Where a case study writes its figures: ``results_dir() / name``, e.g. ``results/cv.json``."""
+    return results_dir() / name
 
 
 def pick(ci, full, smoke=_UNSET):

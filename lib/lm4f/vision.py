@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lm4f.data import FASHION_MNIST_CLASSES
+from lm4f.utils import SMOKE
 
 CLASSES = list(FASHION_MNIST_CLASSES)
 IMAGE_SIZE = 28
@@ -195,7 +196,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: in
     ``schedule``: "onecycle" (warm up to ``lr`` over the first 30% of steps, then cosine down to
     nearly zero) or "constant". ``evaluate(model) -> dict`` runs after each epoch. Returns one dict
     per epoch: epoch, train_loss, seconds, and the evaluation metrics. On a GPU the data move to it
-    once and the forward pass runs in bfloat16 autocast; on a CPU everything stays float32.
+    once and the forward pass runs in bfloat16 autocast; on a CPU everything stays float32, except
+    under ``LM4F_SIZE=smoke``, which runs the GPU path (data on the device, bf16 autocast) on the CPU.
     """
     if schedule not in ("onecycle", "constant"):
         raise ValueError(f"schedule must be 'onecycle' or 'constant', not {schedule!r}")
@@ -203,7 +205,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: in
         raise ValueError(f"images must be (N, 1, 28, 28) (use lm4f.vision.to_tensor), got {tuple(images.shape)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    if device.type == "cuda":  # a GPU: keep the whole data set there (54,000 images are 170 MB) and
+    gpu_path = device.type == "cuda" or SMOKE
+    if gpu_path:  # a GPU: keep the whole data set there (54,000 images are 170 MB) and
         images, labels = images.to(device), labels.to(device)  # augment on the GPU, in bfloat16 autocast
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -224,7 +227,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: in
             if use_augmentation:
                 batch = augment(batch, generator)
             batch, targets = batch.to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu_path):
                 logits = model(batch)  # (B, 10)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
