@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import random
@@ -51,6 +50,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lm4f
+from lm4f.data import sha256_file
 
 __all__ = [
     "HUB_INSTRUCT_MODEL",
@@ -456,14 +456,6 @@ class _quiet_progress:
         return False
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save(model, tokenizer, folder, info: dict | None = None) -> None:
     """``save_pretrained`` for model and tokenizer, then ``manifest.json``.
 
@@ -490,7 +482,7 @@ def save(model, tokenizer, folder, info: dict | None = None) -> None:
             manifest[key].update(value)
         else:
             manifest[key] = value
-    manifest["files"] = {path.name: {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    manifest["files"] = {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
                          for path in sorted(folder.iterdir()) if path.is_file() and path.name != MANIFEST}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -519,7 +511,7 @@ def verify_folder(folder) -> dict:
         if not path.is_file():
             raise ModelLoadError(f"{path} is missing; rebuild the model with `{rebuild}`")
         size = path.stat().st_size
-        if size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise ModelLoadError(f"{path} is corrupt or truncated ({size:,} bytes, sha256 differs from {MANIFEST}, "
                                  f"which expects {expected['bytes']:,} bytes); rebuild the model with `{rebuild}`")
     return manifest

@@ -25,7 +25,6 @@ is in the top ``mrr_depth``), each with a seeded bootstrap 95 % interval (``boot
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import math
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from lm4f.shop import Passage  # one passage type for the knowledge base, the index and the assistant
+from lm4f.data import sha256_file
 
 __all__ = [
     "REBUILD_COMMAND",
@@ -328,14 +328,6 @@ class HybridRetriever:
 # ---------------------------------------------------------------------------------------------
 # Building, saving and loading the index
 # ---------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _as_passage(item) -> Passage:
     if isinstance(item, Passage):
         return item
@@ -438,7 +430,7 @@ def build_index(passages: Iterable, folder, encoder, max_seq_length: int = DEFAU
     manifest = {
         "format": INDEX_FORMAT,
         "n_passages": len(passages),
-        "files": {name: _sha256(staging / name) for name in files},
+        "files": {name: sha256_file(staging / name) for name in files},
         "encoder": {"name": ENCODER_NAME, "weights_sha256": encoder_sha256 or _minilm_sha256(),
                     "max_seq_length": max_seq_length, "dimension": int(embeddings.shape[1])},
         "tokenizer": "lm4f.retrieval.tokenize: lower-case [a-z0-9]+ tokens, STOPWORDS removed, light suffix stemming",
@@ -485,7 +477,7 @@ def load_index(folder, encoder=None, verify: bool = True) -> Index:
         path = folder / name
         if not path.exists():
             raise _problem(path, "is missing")
-        if verify and _sha256(path) != expected:
+        if verify and sha256_file(path) != expected:
             raise _problem(path, f"is corrupt: its sha256 differs from the one in {MANIFEST}")
     expected_encoder = _minilm_sha256()
     if encoder_facts.get("weights_sha256") != expected_encoder:
@@ -511,7 +503,7 @@ def load_index(folder, encoder=None, verify: bool = True) -> Index:
         raise _problem(folder / BM25_FOLDER, f"cannot be loaded by bm25s ({type(error).__name__}: {error})") from None
     settings_path = folder / SETTINGS_FILE
     settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
-    if settings and verify and manifest.get("settings_sha256") != _sha256(settings_path):
+    if settings and verify and manifest.get("settings_sha256") != sha256_file(settings_path):
         raise _problem(settings_path, f"is corrupt: its sha256 differs from the one in {MANIFEST}")
     return Index(folder=folder, passages=passages, bm25=bm25, embeddings=embeddings.astype(np.float32),
                  manifest=manifest, encoder=encoder, settings=settings)
@@ -526,7 +518,7 @@ def save_settings(index: Index, settings: dict) -> Path:
     """
     path = index.folder / SETTINGS_FILE
     path.write_text(json.dumps(settings, indent=2, sort_keys=True))
-    index.manifest["settings_sha256"] = _sha256(path)
+    index.manifest["settings_sha256"] = sha256_file(path)
     (index.folder / MANIFEST).write_text(json.dumps(index.manifest, indent=2))
     index.settings = json.loads(path.read_text())
     return path
