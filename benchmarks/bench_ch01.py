@@ -10,11 +10,12 @@ def run():
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+    import lm4f
     from lm4f import cost
     from lm4f.data import minilm_path
 
     transformers.logging.set_verbosity_error()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = lm4f.choose_device().type  # LM4F_DEVICE is honoured
     torch.manual_seed(0)
 
     # a small GPT-2 training step: counted FLOPs, the 6ND estimate, achieved FLOP/s

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+import lm4f
 from lm4f.text import encode_corpus, get_batch
 from lm4f.transformer import GPT, GPTConfig, lr_at, make_optimizer, peak_flops
 
@@ -20,8 +21,8 @@ BUDGET_S = float(os.environ.get("LM4F_BENCH_SECONDS", "60"))
 
 def run():
     torch.manual_seed(0)
-    on_gpu = torch.cuda.is_available()
-    device = torch.device("cuda" if on_gpu else "cpu")
+    device = lm4f.choose_device()  # LM4F_DEVICE is honoured
+    on_gpu = device.type == "cuda"
     if on_gpu:
         shape, batch_size, max_lr = dict(n_layer=8, n_head=8, n_embd=512, block_size=256), 64, 1e-3
     else:
