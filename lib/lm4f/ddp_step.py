@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    use_cuda = choose_device().type == "cuda"  # LM4F_DEVICE=cpu keeps a GPU machine on gloo
+    # NCCL needs one GPU per process; LM4F_DEVICE=cpu, or fewer GPUs than processes, means gloo on the CPU
+    use_cuda = choose_device().type == "cuda" and torch.cuda.device_count() >= int(os.environ["WORLD_SIZE"])
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if GLOBAL_BATCH % world:
