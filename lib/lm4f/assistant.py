@@ -53,7 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lm4f.retrieval import (REBUILD_COMMAND, Hit, Index, IndexFileError, _sha256, bootstrap_interval, load_index,
+from lm4f.data import sha256_file
+from lm4f.retrieval import (REBUILD_COMMAND, Hit, Index, IndexFileError, bootstrap_interval, load_index,
                             paired_bootstrap, reciprocal_rank, recall_at_k, tokenize)
 
 __all__ = [
@@ -1039,7 +1040,7 @@ def save_complaint(index: Index, detector: ComplaintDetector) -> Path:
 
     path = index.folder / COMPLAINT_FILE
     joblib.dump(detector.classifier, path)
-    index.manifest["complaint_sha256"] = _sha256(path)
+    index.manifest["complaint_sha256"] = sha256_file(path)
     (index.folder / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
     return path
 
@@ -1056,7 +1057,7 @@ def load_complaint(index: Index) -> ComplaintDetector:
     if not path.exists():
         raise IndexFileError(f"Assistant index: file {path} is missing.\nFix: rebuild the index with "
                              f"`{REBUILD_COMMAND}`.")
-    if _sha256(path) != expected:
+    if sha256_file(path) != expected:
         raise IndexFileError(f"Assistant index: file {path} is corrupt: its sha256 differs from the one in "
                              f"manifest.json.\nFix: rebuild the index with `{REBUILD_COMMAND}`.")
     import joblib
