@@ -62,9 +62,12 @@ test-lib: setup
 test-notebooks: setup
 	$(NOTEBOOK_ENV) $(BIN)/python $(NBVAL) chapters solutions
 
-# The same comparison under another CPU's float kernels (see OTHER_KERNELS).
+# The same comparison under another CPU's float kernels (see OTHER_KERNELS). AVX2 kernels are slower
+# than this CPU's own (MiniLM-heavy notebooks take about 10% longer), so the per-notebook time limit
+# is 450 s here; the native run above enforces the 300 s budget.
 test-kernels: setup
-	$(OTHER_KERNELS) $(NOTEBOOK_ENV) $(BIN)/python $(NBVAL) chapters solutions
+	LM4F_NOTEBOOK_BUDGET_S=$${LM4F_NOTEBOOK_BUDGET_S:-450} $(OTHER_KERNELS) $(NOTEBOOK_ENV) $(BIN)/python $(NBVAL) \
+	  chapters solutions
 
 # Every notebook's full-size code path, a handful of steps on a tiny slice; errors fail, outputs are not compared.
 test-smoke: setup
