@@ -64,7 +64,7 @@ test-notebooks: setup
 
 # The same comparison under another CPU's float kernels (see OTHER_KERNELS). AVX2 kernels are slower
 # than this CPU's own (MiniLM-heavy notebooks take about 10% longer), so the per-notebook time limit
-# is 450 s here; the native run above enforces the 300 s budget.
+# is 450 s here; the native run above enforces the 360 s limit.
 test-kernels: setup
 	LM4F_NOTEBOOK_BUDGET_S=$${LM4F_NOTEBOOK_BUDGET_S:-450} $(OTHER_KERNELS) $(NOTEBOOK_ENV) $(BIN)/python $(NBVAL) \
 	  chapters solutions

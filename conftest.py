@@ -1,13 +1,14 @@
 """Repository-wide pytest hooks: the per-notebook time budget for nbval runs.
 
-Each stored notebook must re-execute within NOTEBOOK_BUDGET_S seconds (sum of its cells) on the
-2-core CI machine. The budget is overridable with LM4F_NOTEBOOK_BUDGET_S (e.g. on a slower laptop).
+Each stored notebook should re-execute in about 5 minutes (sum of its cells) on a 2-core machine, two
+notebooks side by side; the enforced limit, NOTEBOOK_BUDGET_S, is 360 s so that a machine 20% slower
+than the one that stored the outputs still passes. Overridable with LM4F_NOTEBOOK_BUDGET_S.
 """
 
 import os
 from collections import defaultdict
 
-NOTEBOOK_BUDGET_S = float(os.environ.get("LM4F_NOTEBOOK_BUDGET_S", "300"))
+NOTEBOOK_BUDGET_S = float(os.environ.get("LM4F_NOTEBOOK_BUDGET_S", "360"))
 _notebook_seconds: dict[str, float] = defaultdict(float)
 
 
