@@ -376,14 +376,15 @@ def question_parts(question: str) -> list[str]:
     return parts or [question]
 
 
+def _first_mentions(pattern: re.Pattern, text: str, allowed: Iterable[str]) -> list[str]:
+    """The matches of ``pattern`` in ``text`` that are in ``allowed``, each once, in order of first mention."""
+    allowed = set(allowed)
+    return list(dict.fromkeys(match for match in pattern.findall(text) if match in allowed))
+
+
 def item_numbers(question: str, known: Iterable[str]) -> list[str]:
     """The product numbers ("1078") the question names that the knowledge base has passages for."""
-    known = set(known)
-    found = []
-    for number in _ITEM_NUMBER.findall(question):
-        if number in known and number not in found:
-            found.append(number)
-    return found
+    return _first_mentions(_ITEM_NUMBER, question, known)
 
 
 def _item_of(passage_id: str) -> str | None:
@@ -555,12 +556,7 @@ class ExtractiveBackend(Backend):
 
 def _cited_in(text: str, retrieved_ids: Sequence[str]) -> list[str]:
     """The ``[ids]`` ``text`` cites that were among the retrieved passages, in order of first mention."""
-    allowed = set(retrieved_ids)
-    found = []
-    for passage_id in CITATION_MARK.findall(text):
-        if passage_id in allowed and passage_id not in found:
-            found.append(passage_id)
-    return found
+    return _first_mentions(CITATION_MARK, text, retrieved_ids)
 
 
 class LocalBackend(Backend):

@@ -144,6 +144,12 @@ def _error(status: int, detail: str, path: str, code: str = "invalid_request", p
     return JSONResponse(status_code=status, content=body)
 
 
+def _backend_failed(error: Exception, path: str):
+    """A 502 when the backend (a model, a remote endpoint) raised, logged with its traceback."""
+    log.exception("answering failed")
+    return _error(502, f"the answering backend failed: {type(error).__name__}: {error}", path, code="backend_error")
+
+
 def _explain(errors: list[dict], path: str) -> str:
     """One readable sentence per validation error, then an example of a valid body."""
     parts = []
@@ -287,8 +293,7 @@ def create_app(assistant, model_name: str = "lm4f-assistant", max_body_bytes: in
         try:
             reply = assistant.ask(request.question)
         except Exception as error:  # an upstream endpoint (openai backend) failed
-            log.exception("answering failed")
-            return _error(502, f"the answering backend failed: {type(error).__name__}: {error}", "/ask")
+            return _backend_failed(error, "/ask")
         return reply.to_dict()
 
     @app.post("/v1/chat/completions")
@@ -315,18 +320,14 @@ def create_app(assistant, model_name: str = "lm4f-assistant", max_body_bytes: in
             try:
                 stream = assistant.stream(question, max_tokens=limit)
             except Exception as error:
-                log.exception("answering failed")
-                return _error(502, f"the answering backend failed: {type(error).__name__}: {error}", path,
-                              code="backend_error")
+                return _backend_failed(error, path)
             return StreamingResponse(_events(stream, completion_id, now, model_name, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             reply = assistant.ask(question, max_tokens=limit)
         except Exception as error:
-            log.exception("answering failed")
-            return _error(502, f"the answering backend failed: {type(error).__name__}: {error}", path,
-                          code="backend_error")
+            return _backend_failed(error, path)
         body = reply.to_dict()
         return {
             "id": completion_id, "object": "chat.completion", "created": now, "model": model_name,
