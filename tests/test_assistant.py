@@ -13,7 +13,7 @@ import pytest
 from lm4f import assistant as A
 from lm4f import shop
 from lm4f.nlp import load_minilm
-from lm4f.retrieval import REBUILD_COMMAND, Passage, build_index, choose_hybrid
+from lm4f.retrieval import REBUILD_COMMAND, IndexFileError, Passage, build_index, choose_hybrid
 
 ITEMS = ("1078", "862", "936", "829")
 
@@ -96,7 +96,8 @@ def test_out_of_scope_threshold_and_disabled_policy():
 
 def test_choose_handoff_uses_dev_and_reports_a_curve(setup):
     chosen = setup["handoff"]
-    assert set(chosen["settings"]) == {"min_dense", "min_bm25", "complaint_threshold", "use_phrases", "enabled"}
+    assert set(chosen["settings"]) == {"min_dense", "min_bm25", "complaint_threshold", "min_answer_p", "use_phrases",
+                                          "enabled"}
     assert chosen["f1"] >= 0.85 and 0 <= chosen["answerable_handed_off"] <= 5
     assert [row["min_dense"] for row in chosen["table"]] == sorted(row["min_dense"] for row in chosen["table"])
 
@@ -210,3 +211,95 @@ def test_cli_eval_names_a_missing_index_and_the_rebuild_command(tmp_path, capsys
 def test_bootstrap_helpers_are_exported():
     assert A.bootstrap_interval(np.ones(10)) == (1.0, 1.0)
     assert A.paired_bootstrap(np.ones(10), np.zeros(10))["difference"] == 1.0
+
+
+INTENT_CASES = {
+    "Could a real human being phone me this evening?": "human_request",
+    "What's a good recipe for banana bread?": "out_of_scope",
+    "Within how many days can I send back a skirt?": "answer",
+    "Package 51733 hasn't moved in a week, where is it?": "order_lookup",
+    "The seams of the coat you sent split the first day and nobody answers my emails. I am furious.": "complaint",
+}
+
+
+@pytest.fixture(scope="module")
+def intent(setup):
+    return A.IntentClassifier.train(setup["index"].get_encoder())
+
+
+def test_intent_classifier_learns_its_labels_from_its_own_training_messages(intent):
+    assert intent.model.C in A.INTENT_C_GRID and set(intent.cv_scores) == set(A.INTENT_C_GRID)
+    assert max(intent.cv_scores.values()) >= 0.65  # 5-fold macro F1 over five labels
+    assert sorted(intent.model.classes_) == sorted(shop.HANDOFF_LABELS)
+    for text, label in INTENT_CASES.items():  # none of these is a training message
+        p = intent.probabilities(text)
+        assert sum(p.values()) == pytest.approx(1.0) and max(p, key=p.get) == label, (text, p)
+
+
+def test_the_policy_hands_off_on_the_intent_classifier_only_below_its_threshold(intent):
+    text = "What's a good recipe for banana bread?"
+    signals = A.HandoffPolicy(intent=intent).signals(text, [])
+    signals.update(dense=0.9, bm25=9.0)  # a good passage match: only the classifier can hand off
+    assert signals["intent_reason"] == "out_of_scope" and signals["answer_p"] < 0.5
+    assert A.HandoffPolicy(min_answer_p=0.5).decide_from(signals) == "out_of_scope"
+    assert A.HandoffPolicy(min_answer_p=0.0).decide_from(signals) is None
+    assert A.HandoffPolicy(min_answer_p=0.5).decide_from({**signals, "answer_p": 0.6}) is None
+
+
+def test_choose_handoff_with_the_intent_classifier_searches_its_threshold(setup, intent):
+    chosen = A.choose_handoff(setup["dev"], setup["retriever"], intent=intent, dense_grid=(0.3,), bm25_grid=(2.0,))
+    without = A.choose_handoff(setup["dev"], setup["retriever"], dense_grid=(0.3,), bm25_grid=(2.0,))
+    assert chosen["settings"]["min_answer_p"] in A.ANSWER_P_GRID and without["settings"]["min_answer_p"] == 0.0
+    assert chosen["f1"] >= without["f1"]  # the grid includes 0.0, which is the policy without the classifier
+
+
+def test_the_intent_classifier_is_saved_with_the_index_and_checked(setup, intent, tmp_path):
+    import shutil
+
+    from lm4f.retrieval import load_index
+
+    folder = tmp_path / "index"
+    shutil.copytree(setup["index"].folder, folder)
+    encoder = setup["index"].get_encoder()
+    index = load_index(folder, encoder=encoder)
+    assert A.load_intent(index) is None  # none saved yet
+    A.save_intent(index, intent)
+    loaded = A.load_intent(load_index(folder, encoder=encoder))
+    text = next(iter(INTENT_CASES))
+    assert loaded.probabilities(text) == pytest.approx(intent.probabilities(text))
+
+    class Counting:  # the encoder, counting how often a text is encoded
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+            self.max_seq_length = inner.max_seq_length
+
+        def encode(self, texts, **options):
+            self.calls += 1
+            return self.inner.encode(texts, **options)
+
+    counting = Counting(encoder)
+    bot = A.Assistant.from_index(load_index(folder, encoder=counting))
+    assert bot.handoff.intent is not None
+    bot.ask("Within how many days can I return an item?")
+    assert counting.calls == 1  # retrieval and the intent classifier share one encoding of the question
+    (folder / A.INTENT_FILE).write_bytes(b"not a model")
+    with pytest.raises(IndexFileError, match=r"intent\.joblib is corrupt") as error:
+        A.load_intent(load_index(folder, encoder=encoder))
+    assert REBUILD_COMMAND in str(error.value)
+    (folder / A.INTENT_FILE).unlink()
+    with pytest.raises(IndexFileError, match=r"intent\.joblib is missing"):
+        A.load_intent(load_index(folder, encoder=encoder))
+
+
+def test_compare_hand_off_f1_is_paired_over_the_same_questions():
+    def report(decisions):
+        return {"rows": [{"id": f"q{i}", "handed_off": d, "gold_handoff": g}
+                         for i, (d, g) in enumerate(decisions)]}
+
+    gold = [True] * 10 + [False] * 30
+    perfect = report([(g, g) for g in gold])
+    half = report([(g and i % 2 == 0, g) for i, g in enumerate(gold)])  # recall 0.5, precision 1
+    result = A.compare(perfect, half, metric="handoff_f1", resamples=300)
+    assert result["questions"] == 40 and result["difference"] == pytest.approx(1.0 - 2 * 5 / (2 * 5 + 5))
+    assert 0 < result["low"] <= result["difference"] <= result["high"] and result["p_a_not_better"] < 0.05
+    assert A.compare(half, half, metric="handoff_recall")["difference"] == 0.0

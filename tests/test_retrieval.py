@@ -167,3 +167,13 @@ def test_real_knowledge_base_hybrid_beats_or_matches_each_retriever_on_dev(real_
     assert hybrid["recall"] >= 0.9 and hybrid["mrr"] >= 0.8
     assert hybrid["mrr"] >= max(r["mrr"] for r in reports.values()) - 1e-9
     assert hybrid["recall_ci"][0] <= hybrid["recall"] <= hybrid["recall_ci"][1]
+
+
+def test_dense_query_embeddings_are_kept_for_the_next_reader_and_read_only(small_index):
+    dense = small_index.retriever("dense")
+    first = dense.embed_query("Can I return a dress?")
+    assert dense.embed_query("Can I return a dress?") is first and not first.flags.writeable
+    for i in range(dense.QUERY_CACHE + 1):
+        dense.embed_query(f"question {i}")
+    assert len(dense._recent) == dense.QUERY_CACHE and "Can I return a dress?" not in dense._recent
+    assert np.allclose(dense.embed_query("Can I return a dress?"), first)

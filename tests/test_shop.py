@@ -92,7 +92,7 @@ def test_the_question_mix():
 
 
 def test_splits_are_stratified_deterministic_and_complete():
-    items = shop.questions()
+    items = [question for question in shop.questions() if question.split != "holdout"]
     dev, test = shop.questions("dev"), shop.questions("test")
     assert len(dev) + len(test) == len(items) and not {q.id for q in dev} & {q.id for q in test}
     assert 0.40 <= len(dev) / len(items) <= 0.50
@@ -104,6 +104,47 @@ def test_splits_are_stratified_deterministic_and_complete():
     assert shop.split_rule(list(reversed(items))) == rule
     with pytest.raises(ValueError, match="'dev'"):
         shop.questions("train")
+
+
+def test_the_holdout_split_is_separate_complete_and_new():
+    holdout = shop.questions("holdout")
+    assert len(holdout) >= 150
+    assert all(question.split == "holdout" and question.id.startswith("h") for question in holdout)
+    assert {question.kind for question in holdout} == set(shop.KINDS)
+    assert {question.handoff_reason for question in holdout if question.handoff} == set(shop.HANDOFF_REASONS)
+    earlier = {_normalise(question.question) for question in shop.questions() if question.split != "holdout"}
+    assert not earlier & {_normalise(question.question) for question in holdout}
+    assert [question.id for question in shop.questions()][-len(holdout):] == [question.id for question in holdout]
+
+
+def test_handoff_training_messages_cover_every_label_and_no_scored_question():
+    examples = shop.handoff_examples()
+    labels = Counter(label for _, label in examples)
+    assert set(labels) == set(shop.HANDOFF_LABELS) and min(labels.values()) >= 30 and len(examples) >= 300
+    assert len({_normalise(text) for text, _ in examples}) == len(examples)
+    asked = {_normalise(question.question) for question in shop.questions()}
+    assert not asked & {_normalise(text) for text, _ in examples}
+
+
+def test_check_catches_a_training_message_that_is_a_scored_question(shop_copy):
+    question = shop.questions("test")[0].question
+    with (shop_copy / "handoff_train.jsonl").open("a", encoding="utf-8") as out:
+        out.write(json.dumps({"text": question, "label": "answer"}) + "\n")
+    with pytest.raises(shop.ShopDataError, match="handoff_train.jsonl repeats 1 labelled questions"):
+        shop.check()
+    (shop_copy / "handoff_train.jsonl").write_text('{"text": "hi", "label": "maybe"}\n', encoding="utf-8")
+    with pytest.raises(shop.ShopDataError, match=r"handoff_train\.jsonl, line 1: .*'answer'"):
+        shop.handoff_examples()
+
+
+def test_a_holdout_line_in_the_wrong_split_is_named(shop_copy):
+    path = shop_copy / "holdout.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    row = json.loads(lines[0])
+    row["split"] = "dev"
+    path.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n", encoding="utf-8")
+    with pytest.raises(shop.ShopDataError, match=r"holdout\.jsonl, line 1: every question of this file has split"):
+        shop.questions()
 
 
 def test_product_knowledge_is_rebuilt_byte_for_byte_from_the_reviews(tmp_path):

@@ -41,6 +41,7 @@ Command line:
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import re
@@ -71,6 +72,7 @@ __all__ = [
     "make_backend",
     "HandoffPolicy",
     "ComplaintDetector",
+    "IntentClassifier",
     "choose_handoff",
     "choose_extractive",
     "question_parts",
@@ -793,6 +795,57 @@ class ComplaintDetector:
         return bool(self.phrases.search(text))
 
 
+INTENT_C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+class IntentClassifier:
+    """Answer it, or who must take it? A logistic regression on the message's MiniLM embedding.
+
+    Five classes: ``answer`` and the four hand-off reasons (``lm4f.shop.HANDOFF_LABELS``). Trained
+    on ``lm4f.shop.handoff_examples()``: messages written for training only, none of them a dev,
+    test or holdout question. Its regularisation ``C`` is chosen by 5-fold cross-validation on those
+    training messages (macro F1), so the dev questions stay free for choosing the policy's
+    threshold. Where the regular expressions of ``HandoffPolicy`` catch one phrasing, the embedding
+    also places "could a real person ring me" near "call me back".
+    """
+
+    def __init__(self, model=None, encoder=None, embed_query: Callable[[str], np.ndarray] | None = None):
+        self.model = model
+        self.encoder = encoder
+        self.embed_query = embed_query  # e.g. the retriever's, which keeps the last queries' embeddings
+
+    @classmethod
+    def train(cls, encoder, examples: Sequence[tuple[str, str]] | None = None, c_grid=INTENT_C_GRID,
+              seed: int = 0) -> IntentClassifier:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+        from lm4f.nlp import embed
+
+        if examples is None:
+            from lm4f import shop
+
+            examples = shop.handoff_examples()
+        texts, labels = [text for text, _ in examples], np.array([label for _, label in examples])
+        features = embed(encoder, texts)
+        folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+        scores = {c: float(np.mean(cross_val_score(LogisticRegression(C=c, max_iter=2000), features, labels,
+                                                   cv=folds, scoring="f1_macro"))) for c in c_grid}
+        best_c = max(c_grid, key=lambda c: (round(scores[c], 6), -c))
+        model = LogisticRegression(C=best_c, max_iter=2000).fit(features, labels)
+        classifier = cls(model, encoder)
+        classifier.cv_scores = scores
+        return classifier
+
+    def probabilities(self, text: str) -> dict[str, float]:
+        """``{label: probability}`` over ``answer`` and the hand-off reasons."""
+        from lm4f.nlp import embed
+
+        features = self.embed_query(text)[None, :] if self.embed_query is not None else embed(self.encoder, [text])
+        p = self.model.predict_proba(features)[0]
+        return {str(label): float(value) for label, value in zip(self.model.classes_, p)}
+
+
 @dataclass
 class HandoffPolicy:
     """When to hand a question to a person instead of answering, checked in this order.
@@ -801,38 +854,47 @@ class HandoffPolicy:
     2. ``order_lookup``: an order number ("order 58820", "#61877"), "where is my order", a password
        or log-in problem (``ORDER_PATTERN``): only a person who can open the order or account can help.
     3. ``out_of_scope`` (injection): an attempt to make the assistant leave its job (``INJECTION_PATTERN``).
+    3b. the intent classifier's P(answer) < ``min_answer_p``: its most likely hand-off reason
+       (``IntentClassifier``; ``min_answer_p = 0`` switches it off).
     4. ``complaint``: complaint language (``COMPLAINT_PATTERN``, when ``use_phrases``), or the review
        classifier's P(unhappy) >= ``complaint_threshold`` (a threshold above 1 switches it off).
     5. ``out_of_scope``: the best passage's MiniLM cosine < ``min_dense`` *and* its BM25 score <
        ``min_bm25``: nothing in the knowledge base is close, neither in meaning nor in words.
 
-    ``min_dense``, ``min_bm25`` and ``complaint_threshold`` are chosen on the dev questions
+    ``min_dense``, ``min_bm25``, ``complaint_threshold`` and ``min_answer_p`` are chosen on the dev questions
     (``choose_handoff``). ``enabled=False`` never hands off (to measure what the policy is worth).
     """
 
     min_dense: float = 0.35
     min_bm25: float = 2.0
     complaint_threshold: float = 1.01
+    min_answer_p: float = 0.0
     use_phrases: bool = True
     enabled: bool = True
     complaint: ComplaintDetector | None = field(default=None, repr=False)
+    intent: IntentClassifier | None = field(default=None, repr=False)
 
     @property
     def settings(self) -> dict:
         return {"min_dense": self.min_dense, "min_bm25": self.min_bm25,
-                "complaint_threshold": self.complaint_threshold, "use_phrases": self.use_phrases,
-                "enabled": self.enabled}
+                "complaint_threshold": self.complaint_threshold, "min_answer_p": self.min_answer_p,
+                "use_phrases": self.use_phrases, "enabled": self.enabled}
 
     def signals(self, question: str, hits: Sequence[Hit]) -> dict:
         """Everything the decision reads, computed once (``choose_handoff`` re-thresholds these)."""
         detector = self.complaint or ComplaintDetector(None)
         top = hits[0] if hits else None
+        intent = self.intent.probabilities(question) if self.intent is not None and self.intent.model is not None \
+            else {}
+        hand_offs = {reason: p for reason, p in intent.items() if reason != "answer"}
         return {
             "human": bool(HUMAN_PATTERN.search(question)),
             "order": bool(ORDER_PATTERN.search(question)),
             "injection": bool(INJECTION_PATTERN.search(question)),
             "phrase": detector.has_phrase(question),
             "complaint_p": detector.probability(question) if detector.classifier is not None else 0.0,
+            "answer_p": intent.get("answer", 1.0),
+            "intent_reason": max(hand_offs, key=hand_offs.get) if hand_offs else None,
             "dense": max((h.dense for h in hits if h.dense is not None), default=(top.score if top else 0.0)),
             "bm25": max((h.bm25 for h in hits if h.bm25 is not None), default=0.0),
         }
@@ -847,6 +909,8 @@ class HandoffPolicy:
             return "order_lookup"
         if signals["injection"]:
             return "out_of_scope"
+        if signals.get("answer_p", 1.0) < self.min_answer_p and signals.get("intent_reason"):
+            return signals["intent_reason"]
         if (self.use_phrases and signals["phrase"]) or signals["complaint_p"] >= self.complaint_threshold:
             return "complaint"
         if signals["dense"] < self.min_dense and signals["bm25"] < self.min_bm25:
@@ -870,42 +934,48 @@ def _f1_counts(predicted: np.ndarray, gold: np.ndarray) -> tuple[float, float, f
 DENSE_GRID = tuple(round(float(x), 3) for x in np.arange(0.10, 0.551, 0.025))
 BM25_GRID = (0.0, 1.0, 2.0, 2.5, 3.0, 4.0, 5.0, math.inf)
 COMPLAINT_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
+ANSWER_P_GRID = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 def choose_handoff(dev_questions: Sequence, retriever, complaint: ComplaintDetector | None = None, k: int = 5,
-                   dense_grid=DENSE_GRID, bm25_grid=BM25_GRID, complaint_grid=COMPLAINT_GRID) -> dict:
+                   dense_grid=DENSE_GRID, bm25_grid=BM25_GRID, complaint_grid=COMPLAINT_GRID,
+                   intent: IntentClassifier | None = None, answer_p_grid=ANSWER_P_GRID) -> dict:
     """Choose the hand-off thresholds on the DEV questions: the highest hand-off F1.
 
     Every question is retrieved once and its signals computed once; then every combination of
-    ``min_dense`` x ``min_bm25`` x ``complaint_threshold`` is scored. Ties go to the setting that
-    hands off fewer answerable questions, then to the most permissive thresholds (lowest
-    ``min_dense`` and ``min_bm25``, highest ``complaint_threshold``). Returns ``{"settings", "f1",
+    ``min_dense`` x ``min_bm25`` x ``complaint_threshold`` x ``min_answer_p`` (the last only with an
+    ``intent`` classifier) is scored. Ties go to the setting that hands off fewer answerable
+    questions, then to the most permissive thresholds (lowest ``min_dense``, ``min_bm25`` and
+    ``min_answer_p``, highest ``complaint_threshold``). Returns ``{"settings", "f1",
     "precision", "recall", "answerable_handed_off", "table"}``; ``table`` holds the best setting for
     each ``min_dense`` (the curve a notebook plots).
     """
-    probe = HandoffPolicy(complaint=complaint)
+    probe = HandoffPolicy(complaint=complaint, intent=intent)
     signals = [probe.signals(q.question, retriever.search(q.question, k=k)) for q in dev_questions]
     gold = np.array([bool(q.handoff) for q in dev_questions])
     if complaint is None or complaint.classifier is None:
         complaint_grid = (1.01,)
+    if intent is None or intent.model is None:
+        answer_p_grid = (0.0,)
     best, table = None, {}
-    for min_dense in dense_grid:
-        for min_bm25 in bm25_grid:
-            for complaint_threshold in complaint_grid:
-                policy = HandoffPolicy(min_dense=min_dense, min_bm25=min_bm25, complaint_threshold=complaint_threshold)
-                predicted = np.array([policy.decide_from(s) is not None for s in signals])
-                precision, recall, f1 = _f1_counts(predicted, gold)
-                wrongly = int(np.sum(predicted & ~gold))
-                key = (round(f1 if not math.isnan(f1) else -1.0, 6), -wrongly, -min_dense, -min_bm25,
-                       complaint_threshold)
-                row = {**policy.settings, "precision": precision, "recall": recall, "f1": f1,
-                       "answerable_handed_off": wrongly}
-                if best is None or key > best[0]:
-                    best = (key, row)
-                if min_dense not in table or key > table[min_dense][0]:
-                    table[min_dense] = (key, row)
+    for min_dense, min_bm25, complaint_threshold, min_answer_p in itertools.product(
+            dense_grid, bm25_grid, complaint_grid, answer_p_grid):
+        policy = HandoffPolicy(min_dense=min_dense, min_bm25=min_bm25, complaint_threshold=complaint_threshold,
+                               min_answer_p=min_answer_p)
+        predicted = np.array([policy.decide_from(s) is not None for s in signals])
+        precision, recall, f1 = _f1_counts(predicted, gold)
+        wrongly = int(np.sum(predicted & ~gold))
+        key = (round(f1 if not math.isnan(f1) else -1.0, 6), -wrongly, -min_dense, -min_bm25, -min_answer_p,
+               complaint_threshold)
+        row = {**policy.settings, "precision": precision, "recall": recall, "f1": f1,
+               "answerable_handed_off": wrongly}
+        if best is None or key > best[0]:
+            best = (key, row)
+        if min_dense not in table or key > table[min_dense][0]:
+            table[min_dense] = (key, row)
     row = best[1]
-    settings = {name: row[name] for name in ("min_dense", "min_bm25", "complaint_threshold", "use_phrases", "enabled")}
+    settings = {name: row[name] for name in ("min_dense", "min_bm25", "complaint_threshold", "min_answer_p",
+                                             "use_phrases", "enabled")}
     return {"settings": settings, "f1": row["f1"], "precision": row["precision"], "recall": row["recall"],
             "answerable_handed_off": row["answerable_handed_off"],
             "table": [entry[1] for _, entry in sorted(table.items())]}
@@ -945,7 +1015,9 @@ class Assistant:
         retriever = index.retriever("hybrid")
         if complaint is None:
             complaint = load_complaint(index)
-        handoff = HandoffPolicy(complaint=complaint, **index.settings.get("handoff", {}))
+        dense = getattr(retriever, "dense", None)
+        intent = load_intent(index, embed_query=dense.embed_query if dense is not None else None)
+        handoff = HandoffPolicy(complaint=complaint, intent=intent, **index.settings.get("handoff", {}))
         if isinstance(backend, str):
             backend = make_backend(backend, index=index, model=model, base_url=base_url)
         return cls(retriever, backend, handoff, k=k)
@@ -956,10 +1028,11 @@ class Assistant:
                 "handoff": self.handoff.settings if self.handoff else None, "k": self.k,
                 "passages": len(self.passage_by_id)}
 
-    def _retrieve(self, question: str) -> tuple[list[Hit], list]:
-        with self._lock:  # the MiniLM tokenizer is not safe to share between threads
+    def _retrieve(self, question: str) -> tuple[list[Hit], list, str | None]:
+        with self._lock:  # the MiniLM tokenizer (retrieval and the intent classifier) is not safe to share
             hits = self.retriever.search(question, k=self.k)
-        return hits, [self.passage_by_id[h.id] for h in hits]
+            reason = self.handoff.decide(question, hits) if self.handoff else None
+        return hits, [self.passage_by_id[h.id] for h in hits], reason
 
     def _handoff_reply(self, reason: str, hits: list[Hit], confidence: float, draft: Draft | None = None) -> Reply:
         return Reply(answer=HANDOFF_MESSAGES[reason], citations=[], handed_off=True, reason=reason,
@@ -994,10 +1067,9 @@ class Assistant:
     def _prepare(self, question: str):
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string.")
-        hits, passages = self._retrieve(question)
+        hits, passages, reason = self._retrieve(question)
         top_dense = hits[0].dense if hits and hits[0].dense is not None else None
         confidence = _clip01(top_dense if top_dense is not None else (hits[0].score if hits else 0.0))
-        reason = self.handoff.decide(question, hits) if self.handoff else None
         return hits, passages, confidence, reason
 
     def ask(self, question: str, max_tokens: int | None = None) -> Reply:
@@ -1026,30 +1098,31 @@ class Assistant:
 # Saving the complaint classifier and the tuned settings with the index
 # ---------------------------------------------------------------------------------------------
 COMPLAINT_FILE = "complaint.joblib"
+INTENT_FILE = "intent.joblib"
 
 
-def save_complaint(index: Index, detector: ComplaintDetector) -> Path:
-    """Save the complaint classifier beside the index (joblib) and record its sha256 in the manifest."""
+def _save_model(index: Index, name: str, model) -> Path:
+    """Save a fitted model beside the index (joblib) and record its sha256 in the manifest."""
     import json
 
     import joblib
 
-    path = index.folder / COMPLAINT_FILE
-    joblib.dump(detector.classifier, path)
-    index.manifest["complaint_sha256"] = sha256_file(path)
+    path = index.folder / name
+    joblib.dump(model, path)
+    index.manifest[f"{path.stem}_sha256"] = sha256_file(path)
     (index.folder / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
     return path
 
 
-def load_complaint(index: Index) -> ComplaintDetector:
-    """The complaint classifier saved with the index, checked against the manifest; phrases only if none was saved.
+def _load_model(index: Index, name: str):
+    """A model saved with ``_save_model``, or None if the manifest records none.
 
     joblib files run code when loaded, so only a file whose sha256 matches the manifest is loaded.
     """
-    path = index.folder / COMPLAINT_FILE
-    expected = index.manifest.get("complaint_sha256")
+    path = index.folder / name
+    expected = index.manifest.get(f"{path.stem}_sha256")
     if expected is None:
-        return ComplaintDetector(None)
+        return None
     if not path.exists():
         raise IndexFileError(f"Assistant index: file {path} is missing.\nFix: rebuild the index with "
                              f"`{REBUILD_COMMAND}`.")
@@ -1058,7 +1131,30 @@ def load_complaint(index: Index) -> ComplaintDetector:
                              f"manifest.json.\nFix: rebuild the index with `{REBUILD_COMMAND}`.")
     import joblib
 
-    return ComplaintDetector(joblib.load(path))
+    return joblib.load(path)
+
+
+def save_complaint(index: Index, detector: ComplaintDetector) -> Path:
+    """Save the complaint classifier with the index."""
+    return _save_model(index, COMPLAINT_FILE, detector.classifier)
+
+
+def load_complaint(index: Index) -> ComplaintDetector:
+    """The complaint classifier saved with the index (phrases only if none was saved)."""
+    return ComplaintDetector(_load_model(index, COMPLAINT_FILE))
+
+
+def save_intent(index: Index, intent: IntentClassifier) -> Path:
+    """Save the intent classifier's logistic regression with the index (the encoder is the index's MiniLM)."""
+    return _save_model(index, INTENT_FILE, intent.model)
+
+
+def load_intent(index: Index, embed_query: Callable[[str], np.ndarray] | None = None) -> IntentClassifier | None:
+    """The intent classifier saved with the index, on the index's encoder; None if none was saved.
+
+    ``embed_query``: the retriever's query embedding, so that a question is encoded once, not twice."""
+    model = _load_model(index, INTENT_FILE)
+    return None if model is None else IntentClassifier(model, index.get_encoder(), embed_query)
 
 
 EXTRACTIVE_GRID = tuple({"sentences": 0, "lexical": w, "item_lexical": i, "part_prior": r, "candidates": c}
@@ -1269,10 +1365,20 @@ def summarise(rows: list[dict], prices: dict | None = None, seed: int = 0, resam
 
 
 def compare(report_a: dict, report_b: dict, metric: str = "correct", seed: int = 0, resamples: int = 1000) -> dict:
-    """Paired bootstrap of one per-question column (``correct``, ``token_f1``, ``recall``, ...) of two reports.
+    """Paired bootstrap of one per-question column (``correct``, ``token_f1``, ``recall``, ...) of two reports,
+    or of hand-off ``handoff_precision`` / ``handoff_recall`` / ``handoff_f1`` (recomputed on each resample).
 
     Only questions present (with a value) in both reports are compared, matched by question id.
     """
+    handoff = ("handoff_precision", "handoff_recall", "handoff_f1")
+    if metric in handoff:
+        gold = {row["id"]: row["gold_handoff"] for row in report_a["rows"]}
+        a = {row["id"]: row["handed_off"] for row in report_a["rows"]}
+        b = {row["id"]: row["handed_off"] for row in report_b["rows"]}
+        shared = [qid for qid in a if qid in b]
+        result = paired_bootstrap([[a[q], gold[q]] for q in shared], [[b[q], gold[q]] for q in shared],
+                                  statistic=_HandoffStatistic(handoff.index(metric)), seed=seed, resamples=resamples)
+        return {"metric": metric, "questions": len(shared), **result}
     a = {row["id"]: row[metric] for row in report_a["rows"] if row.get(metric) is not None}
     b = {row["id"]: row[metric] for row in report_b["rows"] if row.get(metric) is not None}
     shared = [qid for qid in a if qid in b]
@@ -1300,12 +1406,13 @@ def format_report(report: dict) -> str:
 # Command line
 # ---------------------------------------------------------------------------------------------
 def build_and_tune(out=DEFAULT_INDEX, encoder=None, passages=None, dev_questions=None, complaint=True,
-                   verbose: bool = True) -> Index:
+                   intent=True, verbose: bool = True) -> Index:
     """``build-index``: build the index from ``lm4f.shop``, then choose every setting on the dev questions.
 
     1. ``build_index`` over all passages; 2. ``choose_hybrid`` (fusion); 3. the complaint classifier
-    trained on the reviews (skipped with ``complaint=False``); 4. ``choose_handoff`` (thresholds; the
-    classifier is kept only if dev finds a threshold at which it helps); 5. ``choose_extractive``
+    trained on the reviews (skipped with ``complaint=False``) and the intent classifier trained on
+    ``lm4f.shop.handoff_examples()`` (skipped with ``intent=False``); 4. ``choose_handoff``
+    (thresholds; each classifier is kept only if dev finds a threshold at which it helps); 5. ``choose_extractive``
     (passage choice). The settings (and the classifier, if kept) are saved with the index, so
     ``Assistant.from_index`` and the server run exactly what dev chose.
     """
@@ -1330,9 +1437,15 @@ def build_and_tune(out=DEFAULT_INDEX, encoder=None, passages=None, dev_questions
     say(f"hybrid fusion chosen on {len(dev_questions)} dev questions: {hybrid['settings']}")
     retriever = index.retriever("hybrid")
     detector = ComplaintDetector.train() if complaint else ComplaintDetector(None)
-    handoff = choose_handoff(dev_questions, retriever, complaint=detector)
+    intents = IntentClassifier.train(index.get_encoder()) if intent else None
+    if intents is not None:
+        say(f"intent classifier: C chosen by 5-fold cross-validation on its training messages, macro F1 "
+            f"{ {c: round(f, 3) for c, f in intents.cv_scores.items()} }")
+    handoff = choose_handoff(dev_questions, retriever, complaint=detector, intent=intents)
     if detector.classifier is not None and handoff["settings"]["complaint_threshold"] <= 1.0:
         save_complaint(index, detector)  # only when dev found the classifier useful
+    if intents is not None and handoff["settings"]["min_answer_p"] > 0:
+        save_intent(index, intents)
     say(f"hand-off settings chosen on dev: {handoff['settings']} (dev F1 {handoff['f1']:.3f})")
     extractive = choose_extractive(dev_questions, retriever, passage_idf(index.passages), bm25=index.retriever("bm25"))
     say(f"extractive settings chosen on dev: {extractive['settings']}")
@@ -1350,8 +1463,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--out", default=str(DEFAULT_INDEX), help=f"index folder (default {DEFAULT_INDEX})")
     build.add_argument("--no-complaint-model", action="store_true",
                        help="skip training the complaint classifier (phrases only)")
+    build.add_argument("--no-intent-model", action="store_true",
+                       help="skip training the intent classifier (rules and retrieval scores only)")
     run = commands.add_parser("eval", help="score a backend on the labelled questions")
-    run.add_argument("--split", default="dev", choices=("dev", "test", "all"))
+    run.add_argument("--split", default="dev", choices=("dev", "test", "holdout", "all"))
     run.add_argument("--backend", default="extractive", choices=("extractive", "local", "openai"))
     run.add_argument("--index", default=str(DEFAULT_INDEX))
     run.add_argument("--model", default=None, help="local: model folder or hub id; openai: the model name")
@@ -1362,7 +1477,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "build-index":
-            build_and_tune(args.out, complaint=not args.no_complaint_model)
+            build_and_tune(args.out, complaint=not args.no_complaint_model, intent=not args.no_intent_model)
             return 0
         from lm4f import shop
 

@@ -252,11 +252,23 @@ class DenseRetriever:
         self.encoder = encoder
         self.embeddings = embeddings
         self.passages = list(passages)
+        self._recent: dict[str, np.ndarray] = {}  # the last QUERY_CACHE queries' embeddings
+
+    QUERY_CACHE = 32
 
     def embed_query(self, query: str) -> np.ndarray:
+        """The query's unit-length embedding, shape (384,), read-only. The last few are kept, so that
+        another reader of the same message (the assistant's intent classifier) does not encode it again."""
         from lm4f.nlp import embed
 
-        return embed(self.encoder, [query])[0]  # (384,)
+        vector = self._recent.get(query)
+        if vector is None:
+            vector = embed(self.encoder, [query])[0]
+            vector.flags.writeable = False
+            if len(self._recent) >= self.QUERY_CACHE:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[query] = vector
+        return vector
 
     def scores(self, query: str) -> np.ndarray:
         """Cosine similarity of every passage with ``query``, shape (N,), each in [-1, 1]."""

@@ -20,6 +20,12 @@ versioned as plain files in this folder.
   short reference answer and the facts a correct answer must contain, or labelled *hand off* with a
   reason. The ``split`` field follows :func:`split_rule` (about 45% dev, 55% test, stratified by kind
   and hand-off reason). Tune on dev; the test split is for the final table only.
+- ``holdout.jsonl``: 150 more questions in the same format (split ``"holdout"``, ids ``h001``...),
+  written after the test split had been used once, by an author who had seen neither the other
+  questions nor the assistant. They judge any change made after that first look at test.
+- ``handoff_train.jsonl``: customer messages labelled ``answer`` or with a hand-off reason
+  (``{"text", "label"}``), the training data of the hand-off classifier. None of them is a question
+  of the three splits.
 
 ``python -m lm4f.shop check`` validates all of it and prints counts. Every loader raises
 :class:`ShopDataError` naming the file, the line and the command that fixes it.
@@ -53,6 +59,7 @@ __all__ = [
     "product_passages",
     "passage_by_id",
     "questions",
+    "handoff_examples",
     "build_products",
     "write_products",
     "split_rule",
@@ -65,7 +72,8 @@ SHOP_DIR = Path(__file__).resolve().parent
 
 HANDOFF_REASONS = ("order_lookup", "complaint", "out_of_scope", "human_request")
 KINDS = ("policy", "product", "multi", "typo", "handoff")
-SPLITS = ("dev", "test")
+SPLITS = ("dev", "test", "holdout")
+HANDOFF_LABELS = ("answer",) + HANDOFF_REASONS
 DEV_SHARE = 0.45
 
 BUILD_COMMAND = "python -m lm4f.shop build-products"
@@ -93,9 +101,9 @@ class Passage:
 
 @dataclass(frozen=True)
 class Question:
-    id: str  # "q001"...
+    id: str  # "q001"... ("h001"... in the holdout split)
     question: str  # as a customer would type it
-    split: str  # "dev" or "test"
+    split: str  # "dev", "test" or "holdout"
     passage_ids: tuple[str, ...]  # passages that support the answer; () when handoff
     answer: str  # short reference answer ("" when handoff)
     facts: tuple[str, ...]  # short strings a correct answer must contain; () when handoff
@@ -244,7 +252,7 @@ def passage_by_id() -> dict[str, Passage]:
     return {passage.id: passage for passage in passages()}
 
 
-def _parse_question(path: Path, number: int, row: dict, fix: str) -> Question:
+def _parse_question(path: Path, number: int, row: dict, fix: str, holdout: bool = False) -> Question:
     where = f"{path}, line {number}"
     expected = {"id": str, "question": str, "split": str, "passage_ids": list, "answer": str, "facts": list,
                 "handoff": bool, "handoff_reason": (str, type(None)), "kind": str}
@@ -259,12 +267,16 @@ def _parse_question(path: Path, number: int, row: dict, fix: str) -> Question:
     for name in ("passage_ids", "facts"):
         if not all(isinstance(item, str) and item.strip() for item in row[name]):
             raise ShopDataError(f"{where}: {name!r} must be a list of non-empty strings. Fix: {fix}.")
-    if not re.fullmatch(r"q\d{3,}", row["id"]):
-        raise ShopDataError(f"{where}: id {row['id']!r} must look like 'q001'. Fix: {fix}.")
+    prefix = "h" if holdout else "q"
+    if not re.fullmatch(prefix + r"\d{3,}", row["id"]):
+        raise ShopDataError(f"{where}: id {row['id']!r} must look like '{prefix}001'. Fix: {fix}.")
     if not row["question"].strip():
         raise ShopDataError(f"{where}: the question is empty. Fix: {fix}.")
-    if row["split"] not in SPLITS:
-        raise ShopDataError(f"{where}: split {row['split']!r} must be one of {SPLITS}. Fix: run `{SPLIT_COMMAND}`.")
+    if holdout and row["split"] != "holdout":
+        raise ShopDataError(f"{where}: every question of this file has split 'holdout'. Fix: {fix}.")
+    if not holdout and row["split"] not in ("dev", "test"):
+        raise ShopDataError(f"{where}: split {row['split']!r} must be 'dev' or 'test' (holdout questions live in "
+                            f"holdout.jsonl). Fix: run `{SPLIT_COMMAND}`.")
     if row["kind"] not in KINDS:
         raise ShopDataError(f"{where}: kind {row['kind']!r} must be one of {KINDS}. Fix: {fix}.")
     if row["handoff"]:
@@ -286,20 +298,41 @@ def _parse_question(path: Path, number: int, row: dict, fix: str) -> Question:
 
 
 def questions(split: str | None = None) -> list[Question]:
-    """The labelled customer questions, in file order; ``split`` is None (all), "dev" or "test"."""
+    """The labelled customer questions, in file order (``questions.jsonl``, then ``holdout.jsonl``).
+
+    ``split`` is None (all), "dev", "test" or "holdout".
+    """
     if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be None, 'dev' or 'test', not {split!r}. Tune on 'dev'; 'test' is for "
-                         "the final table only.")
-    path = _shop_dir() / "questions.jsonl"
-    rows = _read_jsonl(path, _restore_hint(path))
-    fix = f"edit that line (see README.md in {_display(path.parent)}), then run `{CHECK_COMMAND}`"
-    result = [_parse_question(path, number, row, fix) for number, row in rows]
+        raise ValueError(f"split must be None, 'dev', 'test' or 'holdout', not {split!r}. Tune on 'dev'; 'test' "
+                         "and 'holdout' are for final tables only.")
+    result = []
+    for name, holdout in (("questions.jsonl", False), ("holdout.jsonl", True)):
+        path = _shop_dir() / name
+        if split is not None and (split == "holdout") != holdout:
+            continue
+        rows = _read_jsonl(path, _restore_hint(path))
+        fix = f"edit that line (see README.md in {_display(path.parent)}), then run `{CHECK_COMMAND}`"
+        result += [_parse_question(path, number, row, fix, holdout) for number, row in rows]
     counts = Counter(question.id for question in result)
     duplicated = sorted(qid for qid, n in counts.items() if n > 1)
     if duplicated:
         raise ShopDataError(f"{path}: question ids must be unique; duplicated: {duplicated[:10]}. "
                             f"Fix: renumber them, then run `{CHECK_COMMAND}`.")
     return [question for question in result if split is None or question.split == split]
+
+
+def handoff_examples() -> list[tuple[str, str]]:
+    """The hand-off classifier's training messages: ``[(text, label)]``, label in ``HANDOFF_LABELS``."""
+    path = _shop_dir() / "handoff_train.jsonl"
+    fix = f"edit that line (fields 'text' and 'label', label one of {HANDOFF_LABELS}) or {_restore_hint(path)}"
+    result = []
+    for number, row in _read_jsonl(path, fix):
+        if set(row) != {"text", "label"} or not isinstance(row["text"], str) or not row["text"].strip() \
+                or row["label"] not in HANDOFF_LABELS:
+            raise ShopDataError(f"{path}, line {number}: expected {{\"text\": non-empty string, \"label\": one of "
+                                f"{list(HANDOFF_LABELS)}}}, found {row!r:.120}. Fix: {fix}.")
+        result.append((row["text"], row["label"]))
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +370,9 @@ def check() -> dict:
     verbatim (case-insensitive, whitespace-normalised) in at least one of its passages and in its own
     reference answer; every number in a reference answer comes from the question or the passages (so a
     rebuilt ``products.jsonl`` with other counts is caught); a "multi" question cites 2+ passages; the
-    stored splits follow :func:`split_rule`; both splits hold every kind and every hand-off reason.
+    stored dev/test splits follow :func:`split_rule`; every split (holdout too) holds every kind and every
+    hand-off reason; question ids are unique across both files; ``handoff_train.jsonl`` loads and
+    shares no message with the questions.
     """
     kb = passage_by_id()
     items = questions()
@@ -360,8 +395,9 @@ def check() -> dict:
                                 f"{list(question.passage_ids)}")
         if question.kind == "multi" and len(set(question.passage_ids)) < 2:
             problems.append(f"{question.id}: a 'multi' question must cite 2 or more passages")
-    rule = split_rule(items)
-    moved = [question.id for question in items if question.split != rule[question.id]]
+    split_items = [question for question in items if question.split != "holdout"]
+    rule = split_rule(split_items)
+    moved = [question.id for question in split_items if question.split != rule[question.id]]
     if moved:
         problems.append(f"splits of {len(moved)} questions differ from the split rule (e.g. {moved[:5]}); "
                         f"run `{SPLIT_COMMAND}`")
@@ -371,6 +407,12 @@ def check() -> dict:
         if set(KINDS) - kinds or set(HANDOFF_REASONS) - reasons:
             problems.append(f"split {split!r} lacks kinds {sorted(set(KINDS) - kinds)} "
                             f"or hand-off reasons {sorted(set(HANDOFF_REASONS) - reasons)}")
+    examples = handoff_examples()
+    asked = {_normalise(question.question) for question in items}
+    shared = [text for text, _ in examples if _normalise(text) in asked]
+    if shared:
+        problems.append(f"handoff_train.jsonl repeats {len(shared)} labelled questions (e.g. {shared[0]!r}); "
+                        "training messages must not be questions the assistant is scored on")
     if problems:
         shown = "\n  ".join(problems[:25])
         more = f"\n  ... and {len(problems) - 25} more" if len(problems) > 25 else ""
@@ -383,6 +425,7 @@ def check() -> dict:
         "product passages": sum(p.id.startswith("product-") for p in all_passages),
         "questions": len(items),
         "by split": dict(Counter(question.split for question in items)),
+        "hand-off training messages": dict(Counter(label for _, label in examples)),
         "by split and kind": {f"{split}/{kind}": sum(q.split == split and q.kind == kind for q in items)
                               for split in SPLITS for kind in KINDS},
         "by split and reason": {f"{split}/{reason}": sum(q.split == split and q.handoff_reason == reason
@@ -394,7 +437,7 @@ def check() -> dict:
 def _write_splits() -> int:
     """Rewrite the ``split`` field of questions.jsonl by :func:`split_rule`; return how many changed."""
     path = _shop_dir() / "questions.jsonl"
-    items = questions()
+    items = [question for question in questions() if question.split != "holdout"]
     rule = split_rule(items)
     changed = sum(question.split != rule[question.id] for question in items)
     lines = []
