@@ -14,11 +14,18 @@ Conventions
   (fp16 where a card has no bf16). Prices per GPU-hour are ASSUMPTIONS (rough 2025 on-demand cloud
   list prices); edit them for your own quotes. MFU (model FLOPs utilisation: the share of peak a
   real training run achieves) is an assumption too: 30-50 % is typical for well-tuned training.
+- Build or buy (the end of this module): the monthly cost of each route at a given traffic.
+  Self-hosting pays ``max(busy machine time, the machines rented all month) + people time``; an API
+  pays its price per token, per image or per request. ``break_even_requests`` finds where they cross.
+  API prices are public list prices with their source (``LIST_PRICES``): ASSUMPTIONS too, re-check them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 # ---------------------------------------------------------------------------------------------
 # Bytes per number
@@ -243,7 +250,15 @@ def serving_cost_per_1k_requests(n_params: float, prompt_tokens: int, output_tok
         raise ValueError(f"utilisation is a fraction between 0 and 1, got {utilisation}.")
     card = gpu(gpu_name, price_per_hour)
     seconds = serving_seconds_per_request(n_params, prompt_tokens, output_tokens, card, batch, mfu)
-    return 1000 * seconds / utilisation * card.price_per_hour / 3600
+    return 1000 * busy_usd_per_request(seconds, card.price_per_hour, utilisation)
+
+
+def busy_usd_per_request(seconds_per_request: float, usd_per_hour: float, utilisation: float = 0.5) -> float:
+    """Dollars of machine time one request takes: its busy seconds, divided by the share of the time the
+    machine may be busy (headroom for peaks), at the machine's price per second."""
+    if not 0 < utilisation <= 1:
+        raise ValueError(f"utilisation is a fraction between 0 and 1, got {utilisation}.")
+    return seconds_per_request / utilisation * usd_per_hour / 3600
 
 
 def api_cost_per_1k_requests(prompt_tokens: int, output_tokens: int, usd_per_m_input: float,
@@ -252,22 +267,336 @@ def api_cost_per_1k_requests(prompt_tokens: int, output_tokens: int, usd_per_m_i
     return 1000 * (prompt_tokens * usd_per_m_input + output_tokens * usd_per_m_output) / 1e6
 
 
-HOURS_PER_MONTH = 730
+HOURS_PER_MONTH = 730  # 365 x 24 / 12
+
+
+# ---------------------------------------------------------------------------------------------
+# Build or buy: the monthly cost of a route, and the volume where two routes cost the same
+# ---------------------------------------------------------------------------------------------
+# Public list prices (USD) of the "buy" routes. ASSUMPTIONS: providers change prices and tiers, and
+# billing details (free tiers, regions, batch discounts) differ; re-check the source before deciding.
+# "tiers" are (requests per month up to which the price applies, USD per 1,000 requests).
+LIST_PRICES = {
+    "text LLM": {
+        "usd_per_m_input": 0.15, "usd_per_m_output": 0.60,
+        "source": "OpenAI API pricing (openai.com/api/pricing), gpt-4o-mini, standard tier: USD 0.15 per million "
+                  "input tokens and 0.60 per million output tokens; the list price from July 2024, still listed "
+                  "in 2026",
+    },
+    "text embeddings": {
+        "usd_per_m_input": 0.02,
+        "source": "OpenAI API pricing (openai.com/api/pricing), text-embedding-3-small: USD 0.02 per million "
+                  "tokens; the list price from January 2024",
+    },
+    "image labels": {
+        "tiers": ((1_000, 0.0), (5_000_000, 1.50), (math.inf, 1.00)),
+        "source": "Google Cloud Vision pricing (cloud.google.com/vision/pricing), LABEL_DETECTION: first 1,000 "
+                  "images a month free, USD 1.50 per 1,000 up to 5 million, 1.00 per 1,000 above; as listed "
+                  "in 2026",
+    },
+    "recommendations": {
+        # USD per TPS-hour (one request per second for an hour = 3,600 requests): 0.20 for the first
+        # 20,000 TPS-hours a month, 0.10 for the next 180,000, 0.05 above; at least the minimum
+        # provisioned TPS (1 by default) is billed every hour the campaign runs.
+        "tiers": ((20_000 * 3600, 0.20 / 3.6), (200_000 * 3600, 0.10 / 3.6), (math.inf, 0.05 / 3.6)),
+        "min_tps": 1,
+        "source": "Amazon Personalize pricing (aws.amazon.com/personalize/pricing), real-time recommendations "
+                  "from a campaign: USD 0.20 / 0.10 / 0.05 per TPS-hour (first 20,000 / next 180,000 / above), "
+                  "billed at no less than the minimum provisioned 1 TPS; training and data ingestion extra. "
+                  "Taken from users' quotes of the page (e.g. aws-samples/retail-demo-store issue 191), not the "
+                  "page itself: the least certain price here, re-check it first",
+    },
+}
+
+
+def _check_at_least_zero(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"A route needs a name (a non-empty string), got {name!r}.")
+
+
+@dataclass(frozen=True)
+class SelfHostedRoute:
+    """Serve your own model on machines rented by the hour.
+
+    Monthly cost = ``max(busy cost, always-on floor) + people time``:
+
+    - busy cost: requests x ``seconds_per_request`` (measured) / ``utilisation`` x ``usd_per_hour``;
+    - floor: ``always_on`` machines x ``usd_per_hour`` x ``HOURS_PER_MONTH``, paid with no traffic at
+      all (a service that answers at any hour keeps at least one machine running);
+    - people time: ``people_hours_per_month`` x ``people_usd_per_hour`` (monitoring, patching,
+      retraining): an ASSUMPTION, state it.
+    Busy machines are counted in fractions (above the floor you would rent whole ones).
+    """
+
+    name: str
+    seconds_per_request: float  # busy machine-seconds per request, measured
+    usd_per_hour: float  # price of one machine: an ASSUMPTION (your quote)
+    machine: str = "a rented machine"
+    utilisation: float = 0.5  # the share of the time a machine may be busy (headroom for peaks)
+    always_on: int = 1  # machines rented all month, whatever the traffic
+    people_hours_per_month: float = 0.0
+    people_usd_per_hour: float = 0.0
+
+    def __post_init__(self):
+        _check_name(self.name)
+        _check_at_least_zero(seconds_per_request=self.seconds_per_request, usd_per_hour=self.usd_per_hour,
+                             people_hours_per_month=self.people_hours_per_month,
+                             people_usd_per_hour=self.people_usd_per_hour)
+        if isinstance(self.always_on, bool) or not isinstance(self.always_on, int) or self.always_on < 0:
+            raise ValueError(f"always_on counts whole machines (an int >= 0), got {self.always_on!r}.")
+        busy_usd_per_request(self.seconds_per_request, self.usd_per_hour, self.utilisation)  # checks utilisation
+
+    @property
+    def usd_per_request(self) -> float:
+        """Marginal dollars per request once the busy cost is above the floor."""
+        return busy_usd_per_request(self.seconds_per_request, self.usd_per_hour, self.utilisation)
+
+    @property
+    def floor_usd_per_month(self) -> float:
+        return self.always_on * self.usd_per_hour * HOURS_PER_MONTH
+
+    @property
+    def people_usd_per_month(self) -> float:
+        return self.people_hours_per_month * self.people_usd_per_hour
+
+    @property
+    def floor_covers_requests(self) -> float:
+        """Requests per month the always-on machines serve before the busy cost passes the floor."""
+        return self.floor_usd_per_month / self.usd_per_request if self.usd_per_request else math.inf
+
+    def _monthly(self, volumes: np.ndarray) -> np.ndarray:
+        return np.maximum(volumes * self.usd_per_request, self.floor_usd_per_month) + self.people_usd_per_month
+
+    def _kinks(self) -> list[float]:
+        return [self.floor_covers_requests]
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """Call a hosted model and pay per request (per token, per image or per recommendation).
+
+    Monthly cost = ``usage(max(requests, min_billed_requests_per_month)) + people time``, where usage
+    sums ``tiers`` (``(requests per month up to which the price applies, USD per 1,000 requests)``,
+    the last one up to ``math.inf``). ``min_billed_requests_per_month`` is a provisioned minimum that
+    some APIs bill with no traffic (Amazon Personalize bills at least 1 request per second).
+    """
+
+    name: str
+    tiers: tuple
+    source: str = ""
+    min_billed_requests_per_month: float = 0.0
+    people_hours_per_month: float = 0.0
+    people_usd_per_hour: float = 0.0
+
+    def __post_init__(self):
+        _check_name(self.name)
+        _check_at_least_zero(min_billed_requests_per_month=self.min_billed_requests_per_month,
+                             people_hours_per_month=self.people_hours_per_month,
+                             people_usd_per_hour=self.people_usd_per_hour)
+        try:
+            tiers = tuple((float(upper), float(price)) for upper, price in self.tiers)
+        except (TypeError, ValueError):
+            raise ValueError(f"tiers must be pairs (up to requests per month, USD per 1,000 requests), "
+                             f"got {self.tiers!r}.") from None
+        uppers = [upper for upper, _ in tiers]
+        if not tiers or uppers[-1] != math.inf or any(b <= a for a, b in zip([0.0] + uppers, uppers)):
+            raise ValueError(f"tier bounds must rise from above 0 and the last must be math.inf, got {uppers}.")
+        for _, price in tiers:
+            _check_at_least_zero(usd_per_1k_requests=price)
+        object.__setattr__(self, "tiers", tiers)
+
+    @classmethod
+    def per_request(cls, name: str, usd_per_1k_requests: float, source: str = "", **kwargs) -> ApiRoute:
+        """An API with one price per 1,000 requests (images, calls)."""
+        return cls(name, ((math.inf, usd_per_1k_requests),), source, **kwargs)
+
+    @classmethod
+    def per_token(cls, name: str, prompt_tokens: float, output_tokens: float, usd_per_m_input: float,
+                  usd_per_m_output: float, source: str = "", **kwargs) -> ApiRoute:
+        """A hosted model billed per million tokens, at the tokens one request reads and writes."""
+        _check_at_least_zero(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                             usd_per_m_input=usd_per_m_input, usd_per_m_output=usd_per_m_output)
+        per_1k = api_cost_per_1k_requests(prompt_tokens, output_tokens, usd_per_m_input, usd_per_m_output)
+        return cls.per_request(name, per_1k, source, **kwargs)
+
+    @property
+    def people_usd_per_month(self) -> float:
+        return self.people_hours_per_month * self.people_usd_per_hour
+
+    def _usage(self, billed: np.ndarray) -> np.ndarray:
+        total, lower = np.zeros_like(billed), 0.0
+        for upper, price in self.tiers:
+            total = total + np.clip(billed - lower, 0.0, upper - lower) * (price / 1000)
+            lower = upper
+        return total
+
+    def _monthly(self, volumes: np.ndarray) -> np.ndarray:
+        return self._usage(np.maximum(volumes, self.min_billed_requests_per_month)) + self.people_usd_per_month
+
+    def _kinks(self) -> list[float]:
+        return [self.min_billed_requests_per_month] + [upper for upper, _ in self.tiers]
+
+    @property
+    def usd_per_request(self) -> float:
+        """Marginal dollars per request in the last (highest-volume) tier."""
+        return self.tiers[-1][1] / 1000
+
+
+def text_llm_api(prompt_tokens: float, output_tokens: float, name: str = "hosted LLM API", **kwargs) -> ApiRoute:
+    """A small hosted text model at ``LIST_PRICES["text LLM"]`` for the tokens one request reads and writes."""
+    price = LIST_PRICES["text LLM"]
+    return ApiRoute.per_token(name, prompt_tokens, output_tokens, price["usd_per_m_input"], price["usd_per_m_output"],
+                              price["source"], **kwargs)
+
+
+def embedding_api(tokens: float, name: str = "hosted embeddings API", **kwargs) -> ApiRoute:
+    """A hosted text-embedding model at ``LIST_PRICES["text embeddings"]`` for ``tokens`` per request."""
+    price = LIST_PRICES["text embeddings"]
+    return ApiRoute.per_token(name, tokens, 0, price["usd_per_m_input"], 0.0, price["source"], **kwargs)
+
+
+def image_label_api(name: str = "image-labelling API", **kwargs) -> ApiRoute:
+    """A hosted image-classification (label detection) API at ``LIST_PRICES["image labels"]``, one image a request."""
+    price = LIST_PRICES["image labels"]
+    return ApiRoute(name, price["tiers"], price["source"], **kwargs)
+
+
+def recommendation_api(name: str = "managed recommender API", min_tps: int | None = None, **kwargs) -> ApiRoute:
+    """A managed real-time recommender at ``LIST_PRICES["recommendations"]``, billed for at least ``min_tps``
+    requests per second all month."""
+    price = LIST_PRICES["recommendations"]
+    min_tps = price["min_tps"] if min_tps is None else min_tps
+    _check_at_least_zero(min_tps=min_tps)
+    return ApiRoute(name, price["tiers"], price["source"],
+                    min_billed_requests_per_month=min_tps * 3600 * HOURS_PER_MONTH, **kwargs)
+
+
+def _volumes(requests_per_month) -> np.ndarray:
+    raw = np.asarray(requests_per_month)
+    if raw.dtype.kind not in "iuf":  # not integers or floats: text, None, True/False, objects
+        raise ValueError(f"requests_per_month must be a number or numbers, got {requests_per_month!r}.")
+    volumes = raw.astype(float)
+    if not np.isfinite(volumes).all():
+        raise ValueError(f"requests_per_month must be finite, got {requests_per_month!r}.")
+    if (volumes < 0).any():
+        raise ValueError(f"requests_per_month cannot be negative, got {requests_per_month!r}.")
+    return volumes
+
+
+def monthly_cost(requests_per_month, route):
+    """Dollars per month of ``route`` (a ``SelfHostedRoute`` or an ``ApiRoute``) at ``requests_per_month``.
+
+    A number gives a float; a list or array of volumes gives an array (for a plot).
+    """
+    volumes = _volumes(requests_per_month)
+    if not isinstance(route, (SelfHostedRoute, ApiRoute)):
+        raise TypeError(f"route must be a SelfHostedRoute or an ApiRoute, got {type(route).__name__}.")
+    cost = route._monthly(volumes)
+    return float(cost) if volumes.ndim == 0 else cost
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """Where two routes cost the same per month.
+
+    ``requests_per_month``: the lowest volume where the cheaper route changes (``None`` when it never
+    does); ``cheaper_below``: the route that is cheaper at lower volumes (everywhere when they never
+    cross; "neither" when they cost the same everywhere); ``cheaper_above``: cheaper above the
+    break-even (``None`` when they never cross); ``usd_per_month``: what each costs there;
+    ``crossings``: every volume where the cheaper route changes (rarely more than one).
+    """
+
+    requests_per_month: float | None
+    cheaper_below: str
+    cheaper_above: str | None
+    usd_per_month: float | None
+    crossings: tuple = ()
+
+    def __str__(self) -> str:
+        if self.requests_per_month is None:
+            return f"never cross: {self.cheaper_below} is cheaper at every volume" if self.cheaper_below != "neither" \
+                else "never cross: the two routes cost the same at every volume"
+        return (f"{self.requests_per_month:,.0f} requests/month (USD {self.usd_per_month:,.2f} each); "
+                f"below it {self.cheaper_below} is cheaper, above it {self.cheaper_above}")
+
+
+def break_even_requests(self_route, api_route) -> BreakEven:
+    """The monthly volume at which two routes cost the same (usually a self-hosted one and an API).
+
+    Both costs are piecewise linear in the volume (the floor, price tiers and billed minimums are the
+    kinks), so their difference is linear between kinks: each crossing is solved exactly there, and
+    past the last kink from the marginal prices. Returns a ``BreakEven``.
+    """
+    routes = (self_route, api_route)
+    for route in routes:
+        if not isinstance(route, (SelfHostedRoute, ApiRoute)):
+            raise TypeError(f"routes must be SelfHostedRoute or ApiRoute, got {type(route).__name__}.")
+    if self_route.name == api_route.name:
+        raise ValueError(f"Both routes are called {self_route.name!r}: give them different names.")
+    points = np.array(sorted({0.0, *(k for route in routes for k in route._kinks() if 0 < k < math.inf)}))
+    gaps = monthly_cost(points, self_route) - monthly_cost(points, api_route)  # > 0: the API is cheaper
+    slope_after = self_route.usd_per_request - api_route.usd_per_request  # of the gap past the last kink
+    # The gap at every kink, then at "infinity", where the marginal prices decide its sign.
+    samples = [(float(v), float(g)) for v, g in zip(points, gaps)]
+    samples.append((math.inf, slope_after if slope_after else samples[-1][1]))
+    crossings, before, zero_at, first = [], None, None, 0.0  # before: the last sample with a nonzero gap
+    for volume, gap in samples:
+        if gap == 0:
+            zero_at = volume if zero_at is None else zero_at
+            continue
+        if before is not None and (gap > 0) != (before[1] > 0):
+            if zero_at is not None:  # the gap touched 0 at a kink
+                crossings.append(zero_at)
+            elif volume == math.inf:  # past the last kink: solve the straight line
+                crossings.append(before[0] - before[1] / slope_after)
+            else:  # between two neighbouring kinks
+                (v0, g0) = before
+                crossings.append(v0 + (volume - v0) * g0 / (g0 - gap))
+        first = gap if before is None else first
+        before, zero_at = (volume, gap), None
+    if before is None:
+        return BreakEven(None, "neither", None, None)
+
+    def cheaper(gap):
+        return api_route.name if gap > 0 else self_route.name
+
+    if not crossings:
+        return BreakEven(None, cheaper(first), None, None)
+    at = crossings[0]
+    usd = (monthly_cost(at, self_route) + monthly_cost(at, api_route)) / 2
+    return BreakEven(at, cheaper(first), cheaper(-first), usd, tuple(crossings))
+
+
+def gpu_serving_route(n_params: float, prompt_tokens: int, output_tokens: int, gpu_name="L4",
+                      mfu: float = DEFAULT_MFU, always_on_gpus: int = 1, price_per_hour: float | None = None,
+                      batch: int = 8, utilisation: float = 0.5, name: str | None = None, **people) -> SelfHostedRoute:
+    """Your own ``n_params`` model on rented GPUs, its busy seconds per request from
+    ``serving_seconds_per_request`` (a lower bound: see there)."""
+    card = gpu(gpu_name, price_per_hour)
+    seconds = serving_seconds_per_request(n_params, prompt_tokens, output_tokens, card, batch, mfu)
+    return SelfHostedRoute(name or f"own {n_params / 1e9:g}B model on {card.name}", seconds, card.price_per_hour,
+                           machine=card.name, utilisation=utilisation, always_on=always_on_gpus, **people)
 
 
 def self_hosted_usd_per_month(n_params: float, requests_per_month: float, prompt_tokens: int, output_tokens: int,
                               gpu_name="L4", mfu: float = DEFAULT_MFU, always_on_gpus: int = 1,
                               price_per_hour: float | None = None) -> float:
     """Monthly dollars to serve your own model: the GPU time the requests need, but never less than
-    ``always_on_gpus`` GPUs rented all month (a service that answers at any hour keeps one running)."""
-    card = gpu(gpu_name, price_per_hour)
-    busy = requests_per_month / 1000 * serving_cost_per_1k_requests(n_params, prompt_tokens, output_tokens,
-                                                                     card, mfu=mfu)
-    return max(busy, always_on_gpus * card.price_per_hour * HOURS_PER_MONTH)
+    ``always_on_gpus`` GPUs rented all month (a service that answers at any hour keeps one running).
+    GPU time only: ``monthly_cost`` with a ``SelfHostedRoute`` adds people time."""
+    route = gpu_serving_route(n_params, prompt_tokens, output_tokens, gpu_name, mfu, always_on_gpus, price_per_hour)
+    return monthly_cost(requests_per_month, route)
 
 
 def scenario_costs(requests_per_month: float, prompt_tokens: int, output_tokens: int,
-                   api_usd_per_m_input: float = 0.15, api_usd_per_m_output: float = 0.60,
+                   api_usd_per_m_input: float = LIST_PRICES["text LLM"]["usd_per_m_input"],
+                   api_usd_per_m_output: float = LIST_PRICES["text LLM"]["usd_per_m_output"],
                    own_model_params: float = 1e9, finetune_tokens: float = 1e8,
                    pretrain_tokens: float = 1e12, train_gpu="H100 SXM", serve_gpu="L4",
                    mfu: float = DEFAULT_MFU) -> list[dict]:
@@ -281,8 +610,8 @@ def scenario_costs(requests_per_month: float, prompt_tokens: int, output_tokens:
     _check_positive(requests_per_month=requests_per_month)
     serve_month = self_hosted_usd_per_month(own_model_params, requests_per_month, prompt_tokens, output_tokens,
                                             serve_gpu, mfu)
-    api_month = requests_per_month / 1000 * api_cost_per_1k_requests(
-        prompt_tokens, output_tokens, api_usd_per_m_input, api_usd_per_m_output)
+    api = ApiRoute.per_token("call an API", prompt_tokens, output_tokens, api_usd_per_m_input, api_usd_per_m_output)
+    api_month = monthly_cost(requests_per_month, api)
     finetune = training_cost_usd(own_model_params, finetune_tokens, train_gpu, mfu=mfu)
     pretrain = training_cost_usd(own_model_params, pretrain_tokens, train_gpu, mfu=mfu)
     rows = [
