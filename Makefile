@@ -4,6 +4,8 @@
 #                APIs, the docs site build and its browser test
 #   make bench   run the benchmarks; prints a table and writes build/bench/results.json
 #   make doctor  check this machine: Python, every pin, disk, data checksums, device (OK/FAIL + the fix)
+#   make train CASE=images   train a case study's model and save it as models/<case>/<version>
+#   make serve CASE=images   serve its newest saved version (python -m lm4f.serve)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,6 +13,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8888
+SERVE_PORT ?= 8000
+CASES := reviews images movies assistant generate
 JOBS ?= 2
 # Notebooks run at the CI size, one BLAS/OpenMP thread each: nbval runs JOBS notebooks side by side
 # on the cores, and stored outputs are made with the same settings they are checked with.
@@ -23,7 +27,7 @@ OTHER_KERNELS := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORET
 NBVAL := -m pytest -q -n $(JOBS) --dist loadfile --nbval --nbval-sanitize-with tests/sanitize.cfg \
   --nbval-cell-timeout=600
 
-.PHONY: start setup data doctor lint test test-lib test-notebooks test-kernels test-smoke site serve-site appendices browser-deps bench execute clean-data
+.PHONY: start setup data doctor lint test test-lib test-notebooks test-kernels test-smoke site serve-site appendices browser-deps bench execute clean-data train models serve
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -97,6 +101,20 @@ bench: setup
 execute: setup
 	cd $(dir $(NB)) && $(NOTEBOOK_ENV) $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
 	  --ExecutePreprocessor.timeout=900 $(notdir $(NB))
+
+# Train one case study outside its notebook and save it as a new version under models/ (LM4F_SIZE=full for the
+# full size): make train CASE=images. `make models` trains them all.
+train: setup
+	@case " $(CASES) " in *" $(CASE) "*) ;; *) echo "Usage: make train CASE=<one of: $(CASES)>"; exit 2;; esac
+	$(BIN)/python -m lm4f.train $(CASE)
+
+models: setup
+	for case in $(CASES); do $(BIN)/python -m lm4f.train $$case || exit 1; done
+
+# Serve the newest saved version of a case on 127.0.0.1:$(SERVE_PORT): make serve CASE=images
+serve: setup
+	@case " $(CASES) " in *" $(CASE) "*) ;; *) echo "Usage: make serve CASE=<one of: $(CASES)> [SERVE_PORT=8000]"; exit 2;; esac
+	$(BIN)/python -m lm4f.serve $(CASE) --port $(SERVE_PORT)
 
 clean-data:
 	rm -rf data

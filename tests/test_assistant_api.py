@@ -20,7 +20,7 @@ from lm4f import shop
 from lm4f.apps.assistant import MAX_QUESTION_CHARS, create_app
 from lm4f.assistant import Assistant, HandoffPolicy, OpenAIBackend, make_backend
 from lm4f.nlp import load_minilm
-from lm4f.retrieval import REBUILD_COMMAND, build_index, save_settings
+from lm4f.retrieval import build_index, save_settings
 
 MODEL = "lm4f-assistant"
 ITEMS = ("1078", "862")
@@ -203,18 +203,19 @@ def _serve(*args, env=None):
 def test_serve_cli_usage_and_a_missing_index(tmp_path):
     unknown = _serve("movies2", "--port", "9")
     assert unknown.returncode == 2 and "unknown case 'movies2'" in unknown.stderr and "assistant" in unknown.stderr
-    missing = _serve("assistant", "--port", "9", env={"LM4F_ASSISTANT_INDEX": str(tmp_path / "nothing")})
+    missing = _serve("assistant", "--port", "9", env={"LM4F_MODEL": str(tmp_path / "nothing")})
     assert missing.returncode == 1
-    assert "manifest.json" in missing.stderr and REBUILD_COMMAND in missing.stderr
+    assert f"there is no folder {tmp_path / 'nothing'}" in missing.stderr
+    assert "python -m lm4f.train assistant" in missing.stderr
 
 
 def test_serve_cli_builds_the_app_from_flags_and_environment(index, monkeypatch):
     from lm4f import serve
 
-    monkeypatch.setenv("LM4F_ASSISTANT_INDEX", str(index.folder))
+    monkeypatch.setenv("LM4F_MODEL", str(index.folder))  # a bare index folder (python -m lm4f.assistant build-index)
     monkeypatch.setenv("LM4F_ASSISTANT_SERVED_MODEL", "shop-bot")
     app, args = serve.app_from_argv(["assistant", "--port", "0", "--backend", "extractive"])
-    assert args.index == str(index.folder) and args.host == "127.0.0.1" and args.served_model_name == "shop-bot"
+    assert args.model == str(index.folder) and args.host == "127.0.0.1" and args.served_model_name == "shop-bot"
     with lm4f.serving.start(app) as running:
         client = openai.OpenAI(base_url=running.url + "/v1", api_key="not-needed", max_retries=0)
         completion = client.chat.completions.create(model="shop-bot",

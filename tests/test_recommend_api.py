@@ -68,8 +68,10 @@ def test_cold_start_user_falls_back_to_popularity(server):
     ({"user_id": 5000}, 404, "Unknown user_id 5000"),
     ({"history": []}, 422, "history"),
     ({"history": [1, 99999]}, 422, "Unknown movie ids in history: [99999]"),
-    ({"user_id": 1, "k": 0}, 422, "k must be between 1 and 100"),
-    ({"user_id": 1, "k": 1000}, 422, "k must be between 1 and 100"),
+    ({"user_id": 1, "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+    ({"user_id": 1, "k": 1000}, 422, "k: Input should be less than or equal to 100"),
+    ({"user_id": 1, "k": "10"}, 422, "k: Input should be a valid integer"),
+    ({"user_id": 1, "top": 5}, 422, "top: Extra inputs are not permitted"),
     ({}, 422, "exactly one"),
     ({"user_id": 1, "history": [1]}, 422, "exactly one"),
 ])
@@ -82,8 +84,11 @@ def test_bad_requests_get_clear_4xx(server, body, status, words):
 
 def test_bad_k_on_popular_and_wrong_type(server):
     client, _, _ = server
-    assert client.get("/popular", params={"k": -1}).status_code == 422
-    assert client.post("/recommend", json={"user_id": "abc"}).status_code == 422
+    negative = client.get("/popular", params={"k": -1})
+    assert negative.status_code == 422 and negative.json()["detail"].startswith("k: Input should be greater than")
+    wrong = client.post("/recommend", json={"user_id": "abc"})
+    assert wrong.status_code == 422 and "user_id: Input should be a valid integer" in wrong.json()["detail"]
+    assert wrong.json()["code"] == "invalid_request" and wrong.json()["errors"][0]["loc"] == ["body", "user_id"]
 
 
 def test_latency_is_measured(server):

@@ -35,7 +35,7 @@ questions. Definitions are in ``evaluate``'s docstring.
 Command line:
 
     python -m lm4f.assistant build-index --out models/assistant/index
-    python -m lm4f.assistant eval --split dev [--backend extractive|local|openai] [--base-url URL --model NAME]
+    python -m lm4f.assistant eval --split dev [--backend extractive|local|openai] [--base-url URL --llm NAME]
 """
 
 from __future__ import annotations
@@ -696,7 +696,7 @@ def make_backend(kind: str, index: Index | None = None, model: str | None = None
         return LocalBackend(model=model)
     if kind == "openai":
         if not base_url or not model:
-            raise ValueError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1) and --model "
+            raise ValueError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1) and --llm "
                              "(the model name the endpoint serves).")
         return OpenAIBackend(base_url=base_url, model=model)
     raise ValueError(f"backend must be 'extractive', 'local' or 'openai', got {kind!r}.")
@@ -1469,7 +1469,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--split", default="dev", choices=("dev", "test", "holdout", "all"))
     run.add_argument("--backend", default="extractive", choices=("extractive", "local", "openai"))
     run.add_argument("--index", default=str(DEFAULT_INDEX))
-    run.add_argument("--model", default=None, help="local: model folder or hub id; openai: the model name")
+    run.add_argument("--llm", default=None,
+                     help="the language model: local: model folder or hub id; openai: the endpoint's model name "
+                          "(the same option as `python -m lm4f.serve assistant --llm`)")
     run.add_argument("--base-url", default=None, help="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
     run.add_argument("--usd-per-m-input", type=float, default=None, help="price per million prompt tokens")
     run.add_argument("--usd-per-m-output", type=float, default=None, help="price per million completion tokens")
@@ -1481,7 +1483,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from lm4f import shop
 
-        assistant = Assistant.from_index(args.index, backend=args.backend, model=args.model, base_url=args.base_url)
+        assistant = Assistant.from_index(args.index, backend=args.backend, model=args.llm, base_url=args.base_url)
         questions = shop.questions(None if args.split == "all" else args.split)
         prices = None
         if args.usd_per_m_input is not None or args.usd_per_m_output is not None:

@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lm4f
-from lm4f.data import sha256_file
+from lm4f.saved_models import file_checksums, verify_files
 
 __all__ = [
     "HUB_INSTRUCT_MODEL",
@@ -482,8 +482,7 @@ def save(model, tokenizer, folder, info: dict | None = None) -> None:
             manifest[key].update(value)
         else:
             manifest[key] = value
-    manifest["files"] = {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-                         for path in sorted(folder.iterdir()) if path.is_file() and path.name != MANIFEST}
+    manifest["files"] = file_checksums(folder, skip=(MANIFEST,))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -506,14 +505,8 @@ def verify_folder(folder) -> dict:
     except (ValueError, KeyError, TypeError) as error:
         raise ModelLoadError(f"{manifest_path} is not a valid manifest ({error}); "
                              f"rebuild the model with `{rebuild}`") from error
-    for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise ModelLoadError(f"{path} is missing; rebuild the model with `{rebuild}`")
-        size = path.stat().st_size
-        if size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
-            raise ModelLoadError(f"{path} is corrupt or truncated ({size:,} bytes, sha256 differs from {MANIFEST}, "
-                                 f"which expects {expected['bytes']:,} bytes); rebuild the model with `{rebuild}`")
+    verify_files(folder, files, lambda path, what: ModelLoadError(f"{path} {what}; rebuild the model with `{rebuild}`"),
+                 manifest=MANIFEST)
     return manifest
 
 

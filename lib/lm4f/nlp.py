@@ -25,6 +25,8 @@ __all__ = [
     "TfidfClassifier",
     "load_minilm",
     "ReviewRetriever",
+    "save_triage",
+    "load_triage",
 ]
 
 LABEL = "Recommended IND"
@@ -191,11 +193,19 @@ class ReviewRetriever:
     computed once here (N, 384). ``search(question, k, clothing_id)`` returns a list of dicts.
     """
 
-    def __init__(self, encoder, reviews, batch_size: int = 64):
+    def __init__(self, encoder, reviews, batch_size: int = 64, embeddings: np.ndarray | None = None):
+        import threading
+
         self.encoder = encoder
         self.reviews = reviews.reset_index(drop=True)
-        self.embeddings = embed(encoder, self.reviews["text"], batch_size=batch_size)  # (N, 384)
+        if embeddings is None:
+            embeddings = embed(encoder, self.reviews["text"], batch_size=batch_size)  # (N, 384)
+        if embeddings.shape[0] != len(self.reviews):
+            raise ValueError(f"{embeddings.shape[0]} embeddings for {len(self.reviews)} reviews: "
+                             "pass one row per review.")
+        self.embeddings = embeddings
         self.clothing_ids = self.reviews["Clothing ID"].to_numpy()
+        self._lock = threading.Lock()  # a web server searches from several threads; the tokenizer is not shareable
 
     def products(self) -> list[int]:
         return sorted(int(i) for i in np.unique(self.clothing_ids))
@@ -203,7 +213,8 @@ class ReviewRetriever:
     def search(self, question: str, k: int = 3, clothing_id: int | None = None) -> list[dict]:
         if clothing_id is not None and clothing_id not in set(self.clothing_ids.tolist()):
             raise KeyError(f"no reviews for clothing_id {clothing_id}; known ids: {self.products()[:20]}")
-        query = embed(self.encoder, [question])[0]  # (384,)
+        with self._lock:
+            query = embed(self.encoder, [question])[0]  # (384,)
         scores = self.embeddings @ query  # (N,) cosine similarities (unit vectors)
         candidates = np.arange(len(scores))
         if clothing_id is not None:
@@ -212,3 +223,88 @@ class ReviewRetriever:
         return [{"clothing_id": int(self.clothing_ids[i]), "score": float(scores[i]),
                  "review": str(self.reviews.loc[i, "text"]), "row": int(self.reviews.loc[i, "row"])}
                 for i in order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading what the review API serves (a version folder of lm4f.saved_models)
+# ---------------------------------------------------------------------------------------------
+CLASSIFIER_FILE = "classifier.joblib"
+REVIEWS_FILE = "reviews.jsonl"
+EMBEDDINGS_FILE = "review_embeddings.npy"
+ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def save_triage(folder, classifier: TfidfClassifier, retriever: ReviewRetriever | None = None) -> dict:
+    """Write the classifier (``classifier.joblib``: the fitted scikit-learn pipeline, vocabulary included)
+    and, if given, the retriever's reviews (``reviews.jsonl``) and their MiniLM embeddings
+    (``review_embeddings.npy``, float32 (N, 384)) into ``folder``; return the config: the decision
+    threshold, the classifier's settings and the encoder the embeddings were made with."""
+    import json
+    from pathlib import Path
+
+    import joblib
+
+    from lm4f.data import MINILM_SAFETENSORS_SHA256
+
+    classifier._check_fitted()
+    folder = Path(folder)
+    joblib.dump(classifier.pipeline, folder / CLASSIFIER_FILE)
+    config = {"threshold": float(classifier.threshold),
+              "classifier": {"kind": "tfidf-logistic-regression", "max_features": classifier.max_features,
+                             "C": classifier.C},
+              "retriever": None}
+    if retriever is not None:
+        with open(folder / REVIEWS_FILE, "w", encoding="utf-8") as handle:
+            for row in retriever.reviews[["Clothing ID", "row", "text"]].itertuples(index=False):
+                handle.write(json.dumps({"clothing_id": int(row[0]), "row": int(row[1]), "text": str(row[2])},
+                                        ensure_ascii=False) + "\n")
+        np.save(folder / EMBEDDINGS_FILE, retriever.embeddings.astype(np.float32))
+        config["retriever"] = {"reviews": len(retriever.reviews), "products": retriever.products(),
+                               "encoder": {"name": ENCODER_NAME, "weights_sha256": MINILM_SAFETENSORS_SHA256,
+                                           "max_seq_length": int(getattr(retriever.encoder, "max_seq_length", 128)),
+                                           "dimension": int(retriever.embeddings.shape[1])}}
+    return config
+
+
+def load_triage(saved, encoder=None) -> tuple[TfidfClassifier, ReviewRetriever | None]:
+    """The classifier and retriever of a verified saved version (``open_model(path, "reviews")``).
+
+    The retriever's reviews must have been embedded by the MiniLM checkpoint this library loads (the
+    questions are embedded with it); ``encoder`` defaults to that checkpoint.
+    """
+    import json
+
+    import joblib
+    import pandas as pd
+
+    from lm4f.data import MINILM_SAFETENSORS_SHA256
+
+    config = saved.config
+    try:
+        pipeline = joblib.load(saved.file(CLASSIFIER_FILE))  # its sha256 was checked before this line
+    except Exception as error:  # unpickling raises many kinds
+        raise saved.problem(CLASSIFIER_FILE, f"cannot be loaded ({type(error).__name__}: {error})") from error
+    settings = config.get("classifier", {})
+    classifier = TfidfClassifier(max_features=settings.get("max_features", 50_000), C=settings.get("C", 4.0),
+                                 threshold=float(config["threshold"]), pipeline=pipeline)
+    facts = config.get("retriever")
+    if not facts:
+        return classifier, None
+    if facts["encoder"]["weights_sha256"] != MINILM_SAFETENSORS_SHA256:
+        used = facts["encoder"]["weights_sha256"]
+        raise saved.problem(EMBEDDINGS_FILE, f"was embedded with encoder weights sha256 {used}, but this library "
+                                             f"embeds questions with MiniLM sha256 {MINILM_SAFETENSORS_SHA256}; "
+                                             "both must come from the same model")
+    try:
+        rows = [json.loads(line) for line in saved.file(REVIEWS_FILE).read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+        embeddings = np.load(saved.file(EMBEDDINGS_FILE), allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise saved.problem(REVIEWS_FILE, f"or {EMBEDDINGS_FILE} cannot be read ({error})") from error
+    if embeddings.shape != (len(rows), facts["encoder"]["dimension"]):
+        raise saved.problem(EMBEDDINGS_FILE, f"has shape {embeddings.shape}, expected "
+                                             f"({len(rows)}, {facts['encoder']['dimension']})")
+    reviews = pd.DataFrame({"Clothing ID": [r["clothing_id"] for r in rows], "row": [r["row"] for r in rows],
+                            "text": [r["text"] for r in rows]})
+    encoder = encoder or load_minilm(max_seq_length=facts["encoder"]["max_seq_length"])
+    return classifier, ReviewRetriever(encoder, reviews, embeddings=embeddings)

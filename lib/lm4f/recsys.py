@@ -484,3 +484,66 @@ class Recommender:
 
     def popular(self, k: int = 10):
         return self.top_k(self.popularity, [], k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading what the recommender API serves (a version folder of lm4f.saved_models)
+# ---------------------------------------------------------------------------------------------
+SASREC_FILE = "sasrec.safetensors"
+HISTORIES_FILE = "histories.json"
+TITLES_FILE = "titles.json"
+POPULARITY_FILE = "popularity.npy"
+
+
+def save_recommender(folder, model: SASRec, recommender: Recommender) -> dict:
+    """Write the Transformer's weights (``sasrec.safetensors``), each known user's history
+    (``histories.json``), the movie titles (``titles.json``, the id map) and the popularity scores of
+    the cold-start fallback (``popularity.npy``) into ``folder``; return the config (the model's
+    shape, the known user ids, the strategy name)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    save_file({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()},
+              str(folder / SASREC_FILE))
+    (folder / HISTORIES_FILE).write_text(json.dumps({str(user): [int(i) for i in items]
+                                                     for user, items in sorted(recommender.histories.items())}))
+    (folder / TITLES_FILE).write_text(json.dumps({str(int(item)): title for item, title in
+                                                  sorted(recommender.titles.items())}, ensure_ascii=False))
+    np.save(folder / POPULARITY_FILE, recommender.popularity.astype(np.float64))
+    first = model.blocks.layers[0]
+    return {"model": {"kind": "sasrec", "n_items": model.n_items, "dim": model.item_embedding.embedding_dim,
+                      "layers": len(model.blocks.layers), "heads": first.self_attn.num_heads,
+                      "max_len": model.max_len, "dropout": float(model.dropout.p)},
+            "known_users": sorted(int(user) for user in recommender.known_users), "strategy": recommender.name}
+
+
+def load_recommender(saved) -> Recommender:
+    """The ``Recommender`` of a verified saved version (``lm4f.saved_models.open_model(path, "movies")``)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    config = saved.config
+    shape = {key: value for key, value in config["model"].items() if key != "kind"}
+    model = SASRec(**shape)
+    try:
+        model.load_state_dict(load_file(str(saved.file(SASREC_FILE))))
+    except Exception as error:  # safetensors or a shape mismatch
+        raise saved.problem(SASREC_FILE, f"does not hold the weights of a SASRec of shape {shape} "
+                                         f"({type(error).__name__}: {str(error)[:200]})") from error
+    model.eval()
+    try:
+        histories = {int(user): [int(i) for i in items]
+                     for user, items in json.loads(saved.file(HISTORIES_FILE).read_text()).items()}
+        titles = {int(item): str(title) for item, title in json.loads(saved.file(TITLES_FILE).read_text()).items()}
+        popularity = np.load(saved.file(POPULARITY_FILE), allow_pickle=False)
+    except (ValueError, OSError, AttributeError) as error:
+        what = f"(or {TITLES_FILE}, {POPULARITY_FILE}) cannot be read ({error})"
+        raise saved.problem(HISTORIES_FILE, what) from error
+    if popularity.shape != (model.n_items,):
+        raise saved.problem(POPULARITY_FILE, f"has shape {popularity.shape}, expected ({model.n_items},)")
+    return Recommender(model.next_item_scores, histories=histories, popularity=popularity, titles=titles,
+                       known_users=config["known_users"], name=config.get("strategy", "transformer"))

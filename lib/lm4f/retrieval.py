@@ -38,6 +38,7 @@ import numpy as np
 
 from lm4f.shop import Passage  # one passage type for the knowledge base, the index and the assistant
 from lm4f.data import sha256_file
+from lm4f.saved_models import ModelFileError, verify_files
 
 __all__ = [
     "REBUILD_COMMAND",
@@ -71,7 +72,7 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_SEQ_LENGTH = 256  # MiniLM's position table holds 512; 256 word pieces cover a whole passage
 
 
-class IndexFileError(RuntimeError):
+class IndexFileError(ModelFileError):
     """A file of a saved index is missing or does not hold what the manifest says. The message says how to fix it."""
 
 
@@ -485,12 +486,7 @@ def load_index(folder, encoder=None, verify: bool = True) -> Index:
         raise _problem(manifest_path, f"is not a valid index manifest ({error})") from None
     if manifest.get("format") != INDEX_FORMAT:
         raise _problem(manifest_path, f"has format {manifest.get('format')!r}, this library reads {INDEX_FORMAT!r}")
-    for name, expected in files.items():
-        path = folder / name
-        if not path.exists():
-            raise _problem(path, "is missing")
-        if verify and sha256_file(path) != expected:
-            raise _problem(path, f"is corrupt: its sha256 differs from the one in {MANIFEST}")
+    verify_files(folder, files, _problem, manifest=MANIFEST, check_contents=verify)
     expected_encoder = _minilm_sha256()
     if encoder_facts.get("weights_sha256") != expected_encoder:
         raise IndexFileError(

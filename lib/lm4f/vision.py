@@ -34,6 +34,10 @@ class ImageError(ValueError):
     """An input image the model cannot take; the message says what is wrong and how to fix it."""
 
 
+class ImageSizeError(ImageError):
+    """An image whose header declares other dimensions than 28x28 (found before anything is decompressed)."""
+
+
 # ------------------------------------------------------------------------------------------------
 # Preprocessing and augmentation
 # ------------------------------------------------------------------------------------------------
@@ -298,6 +302,36 @@ def load_model(path) -> nn.Module:
     return program.module().to(memory_format=torch.channels_last)
 
 
+MODEL_FILE = "model.pt2"
+
+
+def save_classifier(folder, model: nn.Module, architecture: str = "") -> dict:
+    """Write what serving needs into ``folder``: the exported model (``model.pt2``); return its config.
+
+    The config (``config.json`` of a saved version, see ``lm4f.saved_models``) holds the class
+    names, the image size and the normalisation the model was trained with.
+    """
+    from pathlib import Path
+
+    export_model(model, Path(folder) / MODEL_FILE)
+    return {"classes": CLASSES, "image_size": IMAGE_SIZE, "mean": MEAN, "std": STD,
+            "architecture": architecture or type(model).__name__, "model_file": MODEL_FILE}
+
+
+def load_classifier(saved) -> tuple[nn.Module, list[str]]:
+    """The model and class names of a verified saved version (``lm4f.saved_models.open_model(path, "images")``)."""
+    config = saved.config
+    if (config.get("image_size"), config.get("mean"), config.get("std")) != (IMAGE_SIZE, MEAN, STD):
+        raise saved.problem("config.json", f"was saved for {config.get('image_size')}-pixel images normalised with "
+                                           f"mean {config.get('mean')}, std {config.get('std')}; this library feeds "
+                                           f"{IMAGE_SIZE}-pixel images with mean {MEAN}, std {STD}")
+    try:
+        model = load_model(saved.file(config.get("model_file", MODEL_FILE)))
+    except (FileNotFoundError, ValueError) as error:
+        raise saved.problem(config.get("model_file", MODEL_FILE), f"cannot be loaded ({error})") from error
+    return model, list(config["classes"])
+
+
 # ------------------------------------------------------------------------------------------------
 # Decoding an uploaded image
 # ------------------------------------------------------------------------------------------------
@@ -305,30 +339,49 @@ def load_model(path) -> nn.Module:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def png_dimensions(payload: bytes) -> tuple[int, int]:
+    """(width, height) that a PNG file declares in its header chunk (IHDR), read without decoding anything.
+
+    A PNG must start with the 8-byte signature and then IHDR: 4 bytes length, ``IHDR``, 4 bytes
+    width, 4 bytes height (big-endian). A "decompression bomb" is a small file whose header declares
+    huge dimensions (100000x100000 pixels: 10 GB once decoded); reading the header first refuses it
+    before a single pixel is decompressed.
+    """
+    if not payload.startswith(PNG_SIGNATURE):
+        raise ImageError("the upload is not a PNG file (its first bytes are not the PNG signature): "
+                         "convert the image to PNG, 28x28 pixels, greyscale")
+    if len(payload) < 24 or payload[12:16] != b"IHDR":
+        raise ImageError("the PNG file is corrupt or truncated: it ends before its header (IHDR chunk); "
+                         "re-export it and send the whole file")
+    return int.from_bytes(payload[16:20], "big"), int.from_bytes(payload[20:24], "big")
+
+
 def decode_png(payload: bytes) -> np.ndarray:
     """Bytes of a PNG file -> uint8 array (28, 28), or ImageError saying what is wrong.
 
-    Colour PNGs are turned into grey. Like Fashion-MNIST, the product must be light on a dark
-    background (invert a photo of a dark product on white first).
+    The dimensions are checked from the header before decoding (``ImageSizeError`` for anything
+    but 28x28, so a decompression bomb costs nothing). Colour PNGs are turned into grey. Like
+    Fashion-MNIST, the product must be light on a dark background (invert a photo of a dark product
+    on white first).
     """
     from PIL import Image, UnidentifiedImageError
 
     if not payload:
         raise ImageError("the upload is empty: send the bytes of a 28x28 PNG file")
-    if not payload.startswith(PNG_SIGNATURE):
-        raise ImageError("the upload is not a PNG file (its first bytes are not the PNG signature): "
-                         "convert the image to PNG, 28x28 pixels, greyscale")
+    width, height = png_dimensions(payload)
+    if (width, height) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ImageSizeError(f"the image is {width}x{height} pixels; the model takes 28x28: resize it to 28x28 first")
     try:
         with Image.open(io.BytesIO(payload)) as image:
             image.load()
             size = image.size
             grey = image.convert("L")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageError(f"the PNG file is corrupt or truncated and cannot be decoded ({error}): "
                          "re-export it and send the whole file") from error
-    if size != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ImageError(f"the image is {size[0]}x{size[1]} pixels; the model takes 28x28: "
-                         "resize it to 28x28 first")
+    if size != (IMAGE_SIZE, IMAGE_SIZE):  # the header said 28x28; PIL read something else
+        raise ImageSizeError(f"the image is {size[0]}x{size[1]} pixels; the model takes 28x28: "
+                             "resize it to 28x28 first")
     return np.asarray(grey, dtype=np.uint8).copy()  # (28, 28)
 
 

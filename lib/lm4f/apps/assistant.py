@@ -25,6 +25,9 @@ Every request body is typed by a Pydantic model (unknown fields are refused). A 
 ``{"error": {"message", "type", "param", "code"}}`` shape, which OpenAI clients show). The request
 body's size is checked *before* it is parsed, from ``Content-Length`` and from the bytes that
 actually arrive: a body over ``max_body_bytes`` gets 413. The server keeps serving after any of them.
+``GET /health``, ``/ready`` and ``/metrics``, the JSON request log, the body limit and the error
+schema come from ``lm4f.apps.service``; a saved assistant (``python -m lm4f.train assistant``) is
+served with ``python -m lm4f.serve assistant``.
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lm4f.apps.service import create_service, error_response
 
 MAX_QUESTION_CHARS = 1000
 MAX_TOKENS = 1024
@@ -135,109 +138,21 @@ class ChatRequest(BaseModel):
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
-def _error(status: int, detail: str, path: str, code: str = "invalid_request", param: str | None = None):
-    """A 4xx/5xx with ``detail`` (as every course API) and, on /v1 paths, OpenAI's ``error`` object."""
-    body: dict = {"detail": detail}
-    if path.startswith("/v1/"):
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        body["error"] = {"message": detail, "type": kind, "param": param, "code": code}
-    return JSONResponse(status_code=status, content=body)
-
-
 def _backend_failed(error: Exception, path: str):
     """A 502 when the backend (a model, a remote endpoint) raised, logged with its traceback."""
     log.exception("answering failed")
-    return _error(502, f"the answering backend failed: {type(error).__name__}: {error}", path, code="backend_error")
+    return error_response(502, f"the answering backend failed: {type(error).__name__}: {error}", path,
+                          code="backend_error")
 
 
-def _explain(errors: list[dict], path: str) -> str:
-    """One readable sentence per validation error, then an example of a valid body."""
-    parts = []
-    for error in errors:
-        location = ".".join(str(item) for item in error.get("loc", ()) if item != "body") or "body"
-        kind = error.get("type", "")
-        if kind == "json_invalid":
-            parts.append("the body is not valid JSON")
-        elif kind == "missing":
-            parts.append(f"{location}: Field required")
-        elif kind == "extra_forbidden":
-            parts.append(f"{location}: Extra inputs are not permitted (unknown field)")
-        elif kind == "model_attributes_type" or (kind == "dict_type" and location == "body"):
-            parts.append("the body must be a JSON object")
-        else:
-            parts.append(f"{location}: {error.get('msg', 'invalid')}")
+def _hints(text: str) -> list[str]:
+    """What to do about the chat-completions fields people get wrong most."""
     hints = []
-    text = "; ".join(dict.fromkeys(parts))
     if "max_tokens" in text or "max_completion_tokens" in text:
         hints.append(f"max_tokens must be a whole number from 1 to {MAX_TOKENS}")
     if ".role" in text:
         hints.append("each message's role is system, developer, user or assistant")
-    example = EXAMPLES.get(path, "")
-    return text + "".join(f". {hint}" for hint in hints) + (f". Send JSON like {example}" if example else "")
-
-
-class BodySizeLimit:
-    """ASGI middleware: refuse a request body over ``max_bytes`` before anything parses it.
-
-    It checks the ``Content-Length`` header first (413 without reading the body), then counts the
-    bytes that actually arrive (a missing or wrong header, a chunked upload), and hands the
-    application the body it has read.
-    """
-
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def _refuse(self, scope, send, status: int, detail: str):
-        response = _error(status, detail, scope.get("path", ""), code="request_too_large" if status == 413 else
-                          "invalid_request")
-        await response(scope, self._drain, send)
-
-    @staticmethod
-    async def _drain():
-        return {"type": "http.disconnect"}
-
-    def _too_large(self, size: int | None) -> str:
-        shown = f"{size:,} bytes" if size is not None else f"more than {self.max_bytes:,} bytes"
-        return (f"the request body is {shown}; this server accepts at most {self.max_bytes:,} bytes. "
-                f"Send one question of at most {MAX_QUESTION_CHARS} characters (and a short conversation).")
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await self._refuse(scope, send, 400, f"Content-Length must be a number of bytes, got {declared!r}.")
-                return
-            if size > self.max_bytes:
-                await self._refuse(scope, send, 413, self._too_large(size))
-                return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body.extend(message.get("body", b""))
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, send, 413, self._too_large(None))
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+    return hints
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,33 +170,20 @@ def question_from(messages: list[ChatMessage]) -> str:
 
 
 def create_app(assistant, model_name: str = "lm4f-assistant", max_body_bytes: int = MAX_BODY_BYTES,
-               title: str = "Maple & Thread customer-service assistant") -> FastAPI:
-    """Build the FastAPI app around an ``lm4f.assistant.Assistant``; ``model_name`` is the model id it serves."""
-    app = FastAPI(title=title, version="1.0")
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+               title: str = "Maple & Thread customer-service assistant", about: dict | None = None) -> FastAPI:
+    """Build the FastAPI app around an ``lm4f.assistant.Assistant``; ``model_name`` is the model id it serves.
+
+    ``about`` (e.g. ``SavedModel.about()``) is what ``/ready`` reports about the model. The warm-up
+    runs one retrieval (MiniLM and BM25), not the answering backend, which may be a remote endpoint.
+    """
+    app = create_service(
+        title, description="Answers customers' questions from the shop's knowledge, with citations; "
+                           "OpenAI-compatible under /v1.",
+        max_body_bytes=max_body_bytes, examples=EXAMPLES, hints=_hints, about=about,
+        info=lambda: {"model": model_name, **assistant.describe()},
+        warmup=lambda: assistant.retriever.search("How long do I have to return an item?", k=1),
+        body_advice=f"Send one question of at most {MAX_QUESTION_CHARS} characters (and a short conversation).")
     created = int(time.time())
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
-        response = _error(422, _explain(error.errors(), request.url.path), request.url.path)
-        body = json.loads(response.body)
-        body["errors"] = [{"loc": [str(item) for item in e.get("loc", ())], "msg": e.get("msg", "")}
-                          for e in error.errors()]
-        return JSONResponse(status_code=422, content=body)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException):
-        detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
-        if error.status_code == 404 and detail == "Not Found":
-            detail = (f"there is no {request.method} {request.url.path} here; the service offers POST /ask, "
-                      "POST /v1/chat/completions, GET /v1/models and GET /health")
-        elif error.status_code == 405:
-            detail = f"{request.url.path} does not accept {request.method}; see GET /docs for the methods"
-        return _error(error.status_code, detail, request.url.path)
-
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": model_name, **assistant.describe()}
 
     @app.get("/v1/models")
     def models() -> dict:
@@ -300,18 +202,18 @@ def create_app(assistant, model_name: str = "lm4f-assistant", max_body_bytes: in
     def chat(request: ChatRequest):
         path = "/v1/chat/completions"
         if request.model != model_name:
-            return _error(404, f"model {request.model!r} is not served here; use model {model_name!r} "
-                               "(GET /v1/models lists it)", path, code="model_not_found", param="model")
+            return error_response(404, f"model {request.model!r} is not served here; use model {model_name!r} "
+                                       "(GET /v1/models lists it)", path, code="model_not_found", param="model")
         try:
             question = question_from(request.messages)
         except ValueError as error:
-            return _error(422, f"messages: {error}. Send JSON like {EXAMPLES[path]}", path, param="messages")
+            return error_response(422, f"messages: {error}. Send JSON like {EXAMPLES[path]}", path, param="messages")
         if not question:
-            return _error(422, "messages: the last user message is empty; put the customer's question in it. "
-                               f"Send JSON like {EXAMPLES[path]}", path, param="messages")
+            return error_response(422, "messages: the last user message is empty; put the customer's question "
+                                       f"in it. Send JSON like {EXAMPLES[path]}", path, param="messages")
         if len(question) > MAX_QUESTION_CHARS:
-            return _error(422, f"messages: the question (last user message) has {len(question):,} characters; "
-                               f"send at most {MAX_QUESTION_CHARS}", path, param="messages")
+            return error_response(422, f"messages: the question (last user message) has {len(question):,} "
+                                       f"characters; send at most {MAX_QUESTION_CHARS}", path, param="messages")
         limit = request.max_completion_tokens or request.max_tokens
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())

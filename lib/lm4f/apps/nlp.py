@@ -7,22 +7,26 @@
 
 ``classifier`` is anything with ``predict_proba(list_of_texts) -> array (N,)`` and a ``threshold``
 (e.g. ``lm4f.nlp.TfidfClassifier``); ``retriever`` has ``search(question, k, clothing_id)`` and
-``products()`` (e.g. ``lm4f.nlp.ReviewRetriever``). Every request body is typed by a Pydantic
-model: a wrong type, an empty or a too long text, an unknown field or malformed JSON gets a 4xx
-whose ``detail`` says what to send instead, and the server keeps serving.
+``products()`` (e.g. ``lm4f.nlp.ReviewRetriever``). A saved model (``python -m lm4f.train reviews``)
+is served with ``python -m lm4f.serve reviews``. Every request body is typed by a Pydantic model: a
+wrong type, an empty or a too long text, an unknown field or malformed JSON gets a 4xx whose
+``detail`` says what to send instead, and the server keeps serving. Health, readiness, metrics,
+the request log and the body limit come from ``lm4f.apps.service``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from lm4f.apps.service import ServiceError, create_service
 
 MAX_TEXT_CHARS = 5000  # the longest review in the data set has about 500 words (< 3,000 characters)
 MAX_K = 20
+MAX_BODY_BYTES = 64 * 1024  # a review of 5,000 characters is at most 20 kB of UTF-8
+WARMUP_TEXT = "Runs a bit small but the fabric is lovely."
 
 EXAMPLES = {
     "/classify": '{"text": "Runs small but the fabric is lovely"}',
@@ -61,35 +65,24 @@ class AskResponse(BaseModel):
     answers: list[Answer]
 
 
-def _explain(errors: list[dict], path: str) -> str:
-    """One readable sentence per validation error, then an example of a valid body."""
-    parts = []
-    for error in errors:
-        location = ".".join(str(item) for item in error.get("loc", ()) if item != "body") or "body"
-        if error.get("type") == "json_invalid":
-            parts.append("the body is not valid JSON")
-        else:
-            parts.append(f"{location}: {error.get('msg', 'invalid')}")
-    example = EXAMPLES.get(path, "")
-    return "; ".join(parts) + (f". Send JSON like {example}" if example else "")
+def create_app(classifier, retriever=None, title: str = "Customer-review assistant",
+               max_body_bytes: int = MAX_BODY_BYTES, about: dict | None = None) -> FastAPI:
+    """Build the FastAPI app that serves ``/classify`` and ``/ask`` (plus ``lm4f.apps.service``'s routes).
 
+    ``about`` (e.g. ``SavedModel.about()``) is what ``/ready`` reports about the model.
+    """
 
-def create_app(classifier, retriever=None, title: str = "Customer-review assistant") -> FastAPI:
-    """Build the FastAPI app that serves ``/classify``, ``/ask`` and ``/health``."""
-    app = FastAPI(title=title, version="1.0")
+    def warmup():
+        classifier.predict_proba([WARMUP_TEXT])
+        if retriever is not None:
+            retriever.search(WARMUP_TEXT, k=1)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
-        return JSONResponse(status_code=422, content={
-            "detail": _explain(error.errors(), request.url.path),
-            "errors": [{"loc": [str(item) for item in e.get("loc", ())], "msg": e.get("msg", "")}
-                       for e in error.errors()],
-        })
-
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "classify": True, "ask": retriever is not None,
-                "reviews_indexed": 0 if retriever is None else len(retriever.reviews)}
+    app = create_service(
+        title, description="Classify a review (recommends or not) and find the reviews that answer a question.",
+        max_body_bytes=max_body_bytes, examples=EXAMPLES, warmup=warmup, about=about,
+        body_advice=f"Send one text of at most {MAX_TEXT_CHARS:,} characters.",
+        info=lambda: {"classify": True, "ask": retriever is not None,
+                      "reviews_indexed": 0 if retriever is None else len(retriever.reviews)})
 
     @app.post("/classify", response_model=ClassifyResponse)
     def classify(request: ClassifyRequest) -> ClassifyResponse:
@@ -101,12 +94,12 @@ def create_app(classifier, retriever=None, title: str = "Customer-review assista
     @app.post("/ask", response_model=AskResponse)
     def ask(request: AskRequest) -> AskResponse:
         if retriever is None:
-            raise HTTPException(status_code=503, detail="/ask is not enabled: create_app was given no retriever.")
+            raise ServiceError(503, "/ask is not enabled: create_app was given no retriever.", code="not_enabled")
         if request.clothing_id is not None and request.clothing_id not in set(retriever.products()):
             known = retriever.products()
-            raise HTTPException(status_code=404, detail=(
-                f"no reviews indexed for clothing_id {request.clothing_id}; "
-                f"use one of {known[:10]}{' ...' if len(known) > 10 else ''} or leave clothing_id out"))
+            more = " ..." if len(known) > 10 else ""
+            raise ServiceError(404, f"no reviews indexed for clothing_id {request.clothing_id}; "
+                                    f"use one of {known[:10]}{more} or leave clothing_id out")
         hits = retriever.search(request.question, k=request.k, clothing_id=request.clothing_id)
         answers = [Answer(clothing_id=hit["clothing_id"], score=round(hit["score"], 4), review=hit["review"])
                    for hit in hits]

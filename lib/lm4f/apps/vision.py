@@ -5,26 +5,33 @@
     httpx.post(server.url + "/predict", json={"pixels": [[0] * 28] * 28})
     httpx.post(server.url + "/predict/png", files={"file": ("shoe.png", png_bytes, "image/png")})
 
-Both routes answer ``{"label", "class_index", "probabilities": {class name: p}}``. Bad input gets a
-4xx whose ``detail`` says what is wrong and how to fix it: 422 for a wrong shape or pixel range,
-415 for a file that is not a PNG, 400 for a corrupt PNG, 413 for a file that is too large.
+Both routes answer ``{"label", "class_index", "probabilities": {class name: p}}``. A saved model
+(``python -m lm4f.train images``) is served with ``python -m lm4f.serve images``. Bad input gets a
+4xx whose ``detail`` says what is wrong and how to fix it: 422 for a wrong shape or pixel range (a
+PNG's dimensions are read from its header before anything is decoded, so a "decompression bomb"
+that declares 100000x100000 pixels is refused at once), 415 for a file that is not a PNG, 400 for
+a corrupt PNG, 413 for a body over ``max_body_bytes`` (checked before parsing). Health, readiness,
+metrics, the request log and the error schema come from ``lm4f.apps.service``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, HTTPException, UploadFile
-from pydantic import BaseModel, Field, field_validator
+from fastapi import FastAPI, File, UploadFile
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lm4f import vision
+from lm4f.apps.service import ServiceError, create_service
 
-MAX_UPLOAD_BYTES = 1_000_000
+MAX_BODY_BYTES = 256 * 1024  # a 28x28 PNG takes under 2 kB, 28 rows of 28 numbers under 20 kB of JSON
+EXAMPLES = {"/predict": '{"pixels": [[0, 0, ..., 0], ... 28 rows of 28 values 0-255]}'}
 
 
 class PixelsRequest(BaseModel):
     """A 28x28 greyscale image as 28 rows of 28 integers 0-255 (light product on a dark background)."""
 
+    model_config = ConfigDict(extra="forbid")
     pixels: list[list[float]] = Field(..., description="28 rows of 28 pixel values, 0 (black) to 255 (white)")
 
     @field_validator("pixels")
@@ -48,13 +55,15 @@ class Prediction(BaseModel):
     probabilities: dict[str, float]
 
 
-def create_app(model, classes: list[str] | None = None) -> FastAPI:
-    """Build the FastAPI app around ``model`` (takes (B, 1, 28, 28) normalised images, returns logits)."""
+def create_app(model, classes: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               about: dict | None = None) -> FastAPI:
+    """Build the FastAPI app around ``model`` (takes (B, 1, 28, 28) normalised images, returns logits).
+
+    ``about`` (e.g. ``SavedModel.about()``) is what ``/ready`` reports about the model.
+    """
     classes = list(classes or vision.CLASSES)
     if not isinstance(model, torch.fx.GraphModule):  # lm4f.vision.load_model's modules are fixed in eval mode
         model.eval()
-    app = FastAPI(title="Product image classifier", version="1.0",
-                  description="Fashion-MNIST classes from a 28x28 greyscale image.")
 
     def predict(pixels: np.ndarray) -> Prediction:
         batch = vision.to_tensor(np.asarray(pixels).round().clip(0, 255).astype(np.uint8))  # (1, 1, 28, 28)
@@ -64,9 +73,11 @@ def create_app(model, classes: list[str] | None = None) -> FastAPI:
         return Prediction(label=classes[index], class_index=index,
                           probabilities={name: round(float(p), 6) for name, p in zip(classes, probabilities)})
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "classes": classes}
+    app = create_service(
+        "Product image classifier", description="Fashion-MNIST classes from a 28x28 greyscale image.",
+        max_body_bytes=max_body_bytes, examples=EXAMPLES, about=about, info=lambda: {"classes": classes},
+        warmup=lambda: predict(np.zeros((vision.IMAGE_SIZE, vision.IMAGE_SIZE))),
+        body_advice="Send one 28x28 image: a PNG of a few kB, or 28 rows of 28 numbers.")
 
     @app.post("/predict", response_model=Prediction)
     def predict_pixels(request: PixelsRequest) -> Prediction:
@@ -74,18 +85,16 @@ def create_app(model, classes: list[str] | None = None) -> FastAPI:
 
     @app.post("/predict/png", response_model=Prediction)
     async def predict_png(file: UploadFile = File(..., description="a 28x28 PNG file")) -> Prediction:
-        payload = await file.read(MAX_UPLOAD_BYTES + 1)
-        if len(payload) > MAX_UPLOAD_BYTES:
-            raise HTTPException(413, f"the file is larger than {MAX_UPLOAD_BYTES:,} bytes; "
-                                     "a 28x28 PNG takes under 2 kB")
+        payload = await file.read()  # the body limit has already capped its size
         if not payload.startswith(vision.PNG_SIGNATURE):
-            raise HTTPException(415, f"'{file.filename}' is not a PNG file (content type {file.content_type}); "
-                                     "convert the image to PNG, 28x28 pixels, greyscale")
+            raise ServiceError(415, f"'{file.filename}' is not a PNG file (content type {file.content_type}); "
+                                    "convert the image to PNG, 28x28 pixels, greyscale")
         try:
             pixels = vision.decode_png(payload)
+        except vision.ImageSizeError as error:
+            raise ServiceError(422, str(error), code="wrong_image_size") from error
         except vision.ImageError as error:
-            status = 422 if "pixels; the model takes 28x28" in str(error) else 400
-            raise HTTPException(status, str(error)) from error
+            raise ServiceError(400, str(error), code="corrupt_image") from error
         return predict(pixels)
 
     return app
