@@ -386,3 +386,23 @@ def test_the_command_serves_over_loopback_with_two_workers(models, tmp_path):
     assert len(requests) == 21 and {line["status"] for line in requests} == {200, 422}
     assert "[[0" not in stdout  # no body in the log
     assert "with 2 worker(s)" in stderr
+
+
+def test_several_workers_listen_without_nagles_delay():
+    """uvicorn binds the workers' socket with protocol 0, so asyncio leaves Nagle's algorithm on for it;
+    the serve command's config sets TCP_NODELAY on the listening socket, which accepted sockets inherit."""
+    import socket
+
+    config = serve.NoDelayConfig("lm4f.serve:app_from_environment", factory=True, host="127.0.0.1",
+                                 port=lm4f.serving.free_port(), workers=2)
+    sock = config.bind_socket()
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        sock.listen()  # what each worker's server does with it
+        client = socket.create_connection(sock.getsockname()[:2])
+        accepted, _ = sock.accept()
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        accepted.close()
+        client.close()
+    finally:
+        sock.close()
