@@ -6,6 +6,9 @@
 #   make doctor  check this machine: Python, every pin, disk, data checksums, device (OK/FAIL + the fix)
 #   make train CASE=images   train a case study's model and save it as models/<case>/<version>
 #   make serve CASE=images   serve its newest saved version (python -m lm4f.serve)
+#   make container       build the serving image (Containerfile) with podman, offline from registries
+#   make test-container  build it, run each case's container offline and check its routes over loopback
+#                        (CI runs it after `make test`; CONTAINER_CASES="images reviews" by default)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -27,7 +30,7 @@ OTHER_KERNELS := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORET
 NBVAL := -m pytest -q -n $(JOBS) --dist loadfile --nbval --nbval-sanitize-with tests/sanitize.cfg \
   --nbval-cell-timeout=600
 
-.PHONY: start setup data doctor lint test test-lib test-notebooks test-kernels test-smoke site serve-site appendices browser-deps bench execute clean-data train models serve
+.PHONY: start setup data doctor lint test test-lib test-notebooks test-kernels test-smoke site serve-site appendices browser-deps bench execute clean-data train models serve container test-container
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -118,3 +121,11 @@ serve: setup
 
 clean-data:
 	rm -rf data
+
+# The serving image: podman (installed when missing, as root), a Debian base made with debootstrap, the newest
+# saved model of each case in CONTAINER_CASES (trained when missing). .ci/container.sh prints each phase's time.
+container: setup
+	.ci/container.sh build
+
+test-container: setup
+	.ci/container.sh test

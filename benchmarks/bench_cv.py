@@ -2,7 +2,7 @@
 training-step time of the CNN in the textbook layout against ``lm4f.vision.ProductCNN``.
 
 The CI size trains the model chapter 6.3 ships, ProductCNN, on the same 54,000 Fashion-MNIST
-training images for 5 epochs on the CPU (as the notebook does); LM4F_SIZE=full trains the wider
+training images for 3 epochs on the CPU (as the notebook does); LM4F_SIZE=full trains the wider
 GPU ResNet on all 54,000 for 20 epochs with augmentation.
 """
 
@@ -60,7 +60,7 @@ def run():
     test_u8, test_labels = data.fashion_mnist("test")
     images = 54_000  # the training part of the notebook's split: the first 6,000 of a seeded permutation are validation
     order = np.random.default_rng(0).permutation(len(train_labels))[6_000:]
-    epochs = lm4f.pick(ci=5, full=20)
+    epochs = lm4f.pick(ci=3, full=20)
     train_x = vision.to_tensor(train_u8[order]).to(device)
     train_y = torch.from_numpy(train_labels[order]).to(device)
     test_x, test_y = vision.to_tensor(test_u8), torch.from_numpy(test_labels)

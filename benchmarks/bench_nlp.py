@@ -4,7 +4,7 @@ and the review-assistant API's single-request latency (a real uvicorn server, ht
 The Transformer rows of task A take minutes; they are measured by
 chapters/ch06_2_nlp_review_assistant.ipynb, and copied here from results/nlp.json (marked
 ``"source": "results/nlp.json"``) when that file exists. The notebook's best model, TF-IDF stacked
-with frozen MiniLM embeddings of 4,000 training reviews, is also rebuilt and timed here on the whole
+with frozen MiniLM embeddings of 2,000 training reviews, is also rebuilt and timed here on the whole
 test split (2,263 reviews), so `make bench` reports it on the machine it runs on.
 """
 

@@ -30,7 +30,7 @@ def run():
     sequences = rs.user_sequences(ratings)
     split = rs.leave_one_out(sequences)
     sasrec, sasrec_seconds, _ = rs.train_sasrec(split.train, max_len=lm4f.pick(ci=50, full=200),
-                                                epochs=lm4f.pick(ci=12, full=200))
+                                                epochs=lm4f.pick(ci=5, full=60))
     result = rs.evaluate_ranking(lambda user, history: sasrec.next_item_scores(history), split, "test")
     figures += [
         {"metric": "SASRec HR@10 (leave-one-out by time, full ranking)", "value": result["HR@10"],

@@ -5,6 +5,7 @@ passages of a few products) with the real MiniLM; the questions are the real dev
 passages answer, plus every dev hand-off question.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -303,3 +304,131 @@ def test_compare_hand_off_f1_is_paired_over_the_same_questions():
     assert result["questions"] == 40 and result["difference"] == pytest.approx(1.0 - 2 * 5 / (2 * 5 + 5))
     assert 0 < result["low"] <= result["difference"] <= result["high"] and result["p_a_not_better"] < 0.05
     assert A.compare(half, half, metric="handoff_recall")["difference"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The example bank (version 3): labelled questions as evidence for which passage answers
+# ---------------------------------------------------------------------------------------------
+def test_example_keys_share_a_product_aspect_across_items():
+    assert A.example_key("product-1078-fit") == A.example_key("product-862-fit") == "aspect:fit"
+    assert A.example_key("returns-01") == "returns-01"
+
+
+def test_the_bank_scores_each_key_by_its_closest_example_and_can_leave_a_question_or_split_out():
+    vectors = np.eye(3, dtype=np.float32)
+    queries = {"a": np.array([1, 0, 0], np.float32), "b": np.array([0.6, 0.8, 0], np.float32)}
+    bank = A.ExampleBank(["a", "b", "c"], [("returns-01",), ("aspect:fit", "returns-01"), ("aspect:fit",)],
+                         vectors, embed=lambda text: queries[text], groups=["dev", "test", "test"])
+    assert bank.scores("b") == pytest.approx({"returns-01": 0.8, "aspect:fit": 0.8})
+    assert bank.scores("a") == pytest.approx({"returns-01": 1.0, "aspect:fit": 0.0})
+    bank.leave_out = True  # "a" is in the bank: its own row no longer counts
+    assert bank.scores("a") == pytest.approx({"returns-01": 0.0, "aspect:fit": 0.0})
+    bank.leave_out, bank.excluded_group = False, "test"  # only the dev example is left
+    assert bank.scores("b") == pytest.approx({"returns-01": 0.6})
+    with pytest.raises(ValueError, match="match one to one"):
+        A.ExampleBank(["a"], [("x",), ("y",)], vectors[:1])
+    with pytest.raises(ValueError, match="groups"):
+        A.ExampleBank(["a"], [("x",)], vectors[:1], groups=["dev", "test"])
+
+
+def test_examples_steer_a_paraphrase_to_the_aspect_passage_words_miss(setup):
+    """"roomy" and "generously" are in no passage; questions about fit on other items bridge the gap."""
+    index, retriever = setup["index"], setup["retriever"]
+    embed = retriever.dense.embed_query
+    fit_examples = [shop.Question(id=f"q9{i}", question=text, split="dev", passage_ids=(f"product-{item}-fit",),
+                                  answer="a", facts=("a",), handoff=False, handoff_reason=None, kind="product")
+                    for i, (text, item) in enumerate([("Is the 1234 dress roomy or snug?", "1234"),
+                                                      ("Is the 555 top cut generously?", "555"),
+                                                      ("would a size down be better in the 777", "777")])]
+    bank = A.ExampleBank.from_questions(fit_examples, index.get_encoder(), embed=embed)
+    settings = {"sentences": 0, "lexical": 0.0, "item_lexical": 1.0, "part_prior": 1.0, "candidates": 5}
+    idf, bm25 = A.passage_idf(index.passages), index.retriever("bm25")
+    question = "Is the 862 tee roomy, or cut generously?"
+    hits = retriever.search(question, k=5)
+    passages = [p for p in index.passages for h in hits if p.id == h.id]
+    passages = sorted(passages, key=lambda p: [h.id for h in hits].index(p.id))
+    without = A.ExtractiveBackend(idf, bm25=bm25, **settings).choose_passages(question, passages, hits)
+    with_bank = A.ExtractiveBackend(idf, bm25=bm25, examples=bank, aspect_examples=2.0, **settings)
+    policy_only = A.ExtractiveBackend(idf, bm25=bm25, examples=bank, policy_examples=2.0, **settings)
+    assert policy_only.choose_passages(question, passages, hits) == without  # the aspect weight does the work
+    assert [p.id for p in with_bank.choose_passages(question, passages, hits)] == ["product-862-fit"]
+    assert [p.id for p in without] != ["product-862-fit"]  # what the bank changes
+
+
+def test_the_bank_is_saved_with_the_index_checked_and_required_by_its_settings(setup, tmp_path):
+    import shutil
+
+    from lm4f.retrieval import load_index, save_settings
+
+    folder = tmp_path / "index"
+    shutil.copytree(setup["index"].folder, folder)
+    encoder = setup["index"].get_encoder()
+    index = load_index(folder, encoder=encoder)
+    assert A.load_examples(index) is None
+    dev = [q for q in setup["dev"] if not q.handoff]
+    bank = A.ExampleBank.from_questions(dev, encoder)
+    A.save_examples(index, bank)
+    save_settings(index, {**index.settings, "extractive": {"policy_examples": 1.0}})
+    backend = A.make_backend("extractive", load_index(folder, encoder=encoder))
+    assert backend.examples.texts == bank.texts and backend.examples.keys == bank.keys
+    np.testing.assert_array_equal(backend.examples.vectors, bank.vectors)
+    (folder / A.EXAMPLES_FILE).write_bytes(b"truncated")
+    with pytest.raises(IndexFileError, match=r"examples\.npz is corrupt") as error:
+        A.make_backend("extractive", load_index(folder, encoder=encoder))
+    assert REBUILD_COMMAND in str(error.value)
+    (folder / A.EXAMPLES_FILE).unlink()
+    with pytest.raises(IndexFileError, match=r"examples\.npz is missing"):
+        A.make_backend("extractive", load_index(folder, encoder=encoder))
+
+
+def test_choose_examples_never_scores_a_question_with_its_own_label_or_split(setup):
+    index, retriever = setup["index"], setup["retriever"]
+    answerable = [q for q in setup["dev"] if not q.handoff]
+    # two "splits" of the dev questions, so that leave-one-split-out has something to hold out
+    halves = [dataclasses.replace(q, split="dev" if i % 2 else "test") for i, q in enumerate(answerable)]
+    bank = A.ExampleBank.from_questions(halves, index.get_encoder(), embed=retriever.dense.embed_query)
+    assert sorted(set(bank.groups)) == ["dev", "test"]
+    idf, bm25 = A.passage_idf(index.passages), index.retriever("bm25")
+    base = {"sentences": 0, "part_prior": 1.0, "candidates": 5, "lexical": 0.0}
+    grid = A.example_grid(base, policy=(0.0, 4.0), aspect=(0.0, 4.0), item_lexical=(2.0,))
+    by_split = A.choose_examples(bank, halves, retriever, idf, bm25=bm25, grid=grid, hold_out="split")
+    by_question = A.choose_examples(bank, halves, retriever, idf, bm25=bm25, grid=grid, hold_out="question")
+    assert not bank.leave_out and bank.excluded_group is None  # restored
+    assert [row["questions"] for row in by_split["table"]] == [len(halves)] * len(grid)
+    assert by_split["settings"] in [{k: row[k] for k in by_split["settings"]} for row in by_split["table"]]
+    # With its own label in reach a question is steered by itself: the same grid scores higher than held out.
+    bank.embed = retriever.dense.embed_query
+    leaky = A.choose_extractive(halves, retriever, idf, bm25=bm25, examples=bank, grid=grid)
+    for held_out in (by_split, by_question):
+        assert sum(r["correct"] for r in leaky["table"]) > sum(r["correct"] for r in held_out["table"])
+    with pytest.raises(ValueError, match="hold_out"):
+        A.choose_examples(bank, halves, retriever, idf, grid=grid, hold_out="nothing")
+
+
+def test_a_multi_part_question_and_its_parts_are_encoded_in_one_batch(setup, tmp_path):
+    import shutil
+
+    from lm4f.retrieval import load_index, save_settings
+
+    folder = tmp_path / "index"
+    shutil.copytree(setup["index"].folder, folder)
+    encoder = setup["index"].get_encoder()
+    index = load_index(folder, encoder=encoder)
+    A.save_examples(index, A.ExampleBank.from_questions([q for q in setup["dev"] if not q.handoff], encoder))
+    save_settings(index, {**index.settings, "extractive": {"aspect_examples": 1.0, "policy_examples": 0.5}})
+
+    class Counting:  # the encoder, counting how often it runs
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+            self.max_seq_length = inner.max_seq_length
+
+        def encode(self, texts, **options):
+            self.calls += 1
+            return self.inner.encode(texts, **options)
+
+    counting = Counting(encoder)
+    bot = A.Assistant.from_index(load_index(folder, encoder=counting))
+    question = "How long do I have to return something, and do I have to pay for the return label?"
+    assert len(bot.backend.texts_to_embed(question)) == 2
+    reply = bot.ask(question)
+    assert counting.calls == 1 and len(reply.citations) == 2

@@ -16,12 +16,23 @@ PRODUCTS = (1078, 862)
 
 
 @pytest.fixture(scope="module")
-def server():
+def reviews():
     frame, _ = clean_reviews(lm4f.data.clothing_reviews())
-    splits = split_reviews(frame, seed=0)
+    return frame, split_reviews(frame, seed=0)
+
+
+@pytest.fixture(scope="module")
+def classifier(reviews):
+    _, splits = reviews
     train = splits["train"].iloc[:4000]
     classifier = TfidfClassifier(max_features=20_000).fit(train["text"], train[LABEL])
     classifier.tune_threshold(splits["validation"]["text"], splits["validation"][LABEL])
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def server(reviews, classifier):
+    frame, _ = reviews
     reviews = frame[frame["Clothing ID"].isin(PRODUCTS)].groupby("Clothing ID").head(100)
     retriever = ReviewRetriever(load_minilm(max_seq_length=128), reviews)
     running = lm4f.serving.start(create_app(classifier, retriever))
@@ -32,7 +43,7 @@ def server():
 
 def test_health(server):
     body = server.get("/health").json()
-    assert body == {"status": "ok", "classify": True, "ask": True, "reviews_indexed": 200}
+    assert body == {"status": "ok", "classify": True, "scores": "full", "ask": True, "reviews_indexed": 200}
 
 
 def test_classify_separates_clear_reviews(server):
@@ -88,3 +99,29 @@ def test_latency_is_measured(server):
     stats = lm4f.serving.measure_latency(lambda: server.post("/classify", json={"text": "Runs small"}),
                                          requests=20, warmup=2)
     assert 0 < stats["p50_ms"] <= stats["p95_ms"] < 2000
+
+
+def test_scores_setting_rounds_or_hides_the_probability(reviews, classifier):
+    """The same review through three servers: full (4 decimals), rounded (1 decimal), label (no probability)."""
+    _, splits = reviews
+    texts = splits["test"]["text"].iloc[:20].tolist()
+    exact = classifier.predict_proba(texts)
+    answers = {}
+    for scores in ("full", "rounded", "label"):
+        with lm4f.serving.start(create_app(classifier, scores=scores)) as running:
+            with httpx.Client(base_url=running.url, timeout=30) as client:
+                assert client.get("/health").json()["scores"] == scores
+                answers[scores] = [client.post("/classify", json={"text": text}).json() for text in texts]
+    for i, probability in enumerate(exact):
+        full, rounded, label = answers["full"][i], answers["rounded"][i], answers["label"][i]
+        assert full["probability"] == pytest.approx(probability, abs=5e-5)
+        assert rounded["probability"] == pytest.approx(round(probability, 1), abs=1e-9)
+        assert "probability" not in label and set(label) == {"recommended", "threshold"}
+        decision = bool(probability >= classifier.threshold)
+        assert full["recommended"] is rounded["recommended"] is label["recommended"] is decision
+    assert len({a["probability"] for a in answers["full"]}) > len({a["probability"] for a in answers["rounded"]})
+
+
+def test_an_unknown_scores_setting_is_refused_with_the_choices(classifier):
+    with pytest.raises(ValueError, match="scores must be one of full, rounded, label, got 'none'"):
+        create_app(classifier, scores="none")

@@ -145,3 +145,104 @@ def test_svdpp_implicit_matrix_and_training():
     assert model.implicit_factors is not None
     test = frame.iloc[2500:]
     assert rs.rmse(rs.predict_mf(model, test.user_id, test.movie_id), test.rating) < 0.35
+
+
+def test_evaluate_ranking_can_leave_the_validation_item_out_of_the_input():
+    split = rs.leave_one_out({1: [1, 2, 3, 4], 2: [2, 3, 4, 5]})
+    inputs = {}
+
+    def score_fn(user, history):
+        inputs[user] = list(history)
+        return np.array([0, 5.0, 4.0, 3.0, 2.0, 1.0])
+
+    rs.evaluate_ranking(score_fn, split, "test", k=1, with_valid_item=False)
+    assert inputs == {1: [1, 2], 2: [2, 3]}   # training history only ...
+    # ... but the validation item is still out of the ranking: user 1's target 4 has nothing above it
+    assert rs.evaluate_ranking(score_fn, split, "test", k=1, with_valid_item=False)["HR@1"] == 0.5
+    rs.evaluate_ranking(score_fn, split, "test", k=1)
+    assert inputs == {1: [1, 2, 3], 2: [2, 3, 4]}
+
+
+def test_rank_users_agrees_with_rank_among_unseen_and_lists_unseen_items_best_first():
+    rng = np.random.default_rng(0)
+    sequences = {user: list(rng.choice(np.arange(1, 30), size=rng.integers(3, 12), replace=False))
+                 for user in range(1, 25)}
+    split = rs.leave_one_out(sequences)
+    table = rng.normal(size=(25, 30))
+    table[3, :] = 1.0                                              # user 3: every item tied
+    for which in ("valid", "test"):
+        ranking = rs.rank_users(lambda users, histories: table[users], split, which, k=5, batch_size=7)
+        targets = split.test if which == "test" else split.valid
+        for user, rank, top in zip(ranking.users, ranking.ranks, ranking.top):
+            seen = split.train[user] + ([split.valid[user]] if which == "test" else [])
+            assert rank == rs.rank_among_unseen(table[user], targets[user], seen)
+            assert not set(top) & set(seen) and 0 not in top
+            if user != 3:
+                assert list(top) == [int(i) for i in np.argsort(-table[user]) if i != 0 and i not in seen][:5]
+        assert ranking.summary(5) == {"users": len(targets), "HR@5": rs.hit_rate_at_k(ranking.ranks, 5),
+                                      "NDCG@5": rs.ndcg_at_k(ranking.ranks, 5)}
+        assert ranking.hits(5).mean() == rs.hit_rate_at_k(ranking.ranks, 5)
+    assert ranking.ranks[list(ranking.users).index(3)] == 29 - len(split.train[3]) - 2  # ties count against
+
+
+@pytest.mark.parametrize("stride", [5, 3, 1])
+def test_training_windows_make_every_later_item_a_target_exactly_once(stride):
+    sequences = [list(range(100 * n + 1, 100 * n + 1 + length)) for n, length in enumerate([1, 2, 5, 6, 7, 13, 30])]
+    inputs, targets = rs.training_windows(sequences, max_len=5, stride=stride)
+    assert inputs.shape == targets.shape and inputs.shape[1] == 5
+    scored = targets[targets > 0].tolist()
+    assert sorted(scored) == sorted(item for items in sequences for item in items[1:])   # each once
+    for window, window_targets in zip(inputs, targets):
+        for position in np.flatnonzero(window_targets):
+            item = window_targets[position]
+            assert window[position] == item - 1                      # the input there is the item before it
+            context = window[:position + 1]
+            assert (context > 0).sum() >= min(5 - stride + 1, item % 100 - 1)  # enough history, or all of it
+    with pytest.raises(ValueError, match="stride"):
+        rs.training_windows(sequences, max_len=5, stride=6)
+
+
+def test_coverage_and_popularity_percentile():
+    assert rs.catalogue_coverage(np.array([[1, 2], [2, 3]]), n_items=11) == 0.3
+    popularity = np.array([-1.0, 5, 1, 1, 9])                      # item 0 is padding
+    assert rs.popularity_percentile([4, 1, 2, 3], popularity).tolist() == [100.0, pytest.approx(200 / 3), 0.0 + 50 / 3,
+                                                                          0.0 + 50 / 3]
+    assert np.isnan(rs.popularity_percentile([0], popularity)[0])
+    assert rs.popularity_percentile([1, 2], np.array([-1.0, 3, 3])).tolist() == [50.0, 50.0]
+
+
+def test_cooccurrence_cosine_divides_by_both_audiences():
+    cosine = rs.cooccurrence_cosine({1: [1, 2], 2: [1, 2, 3], 3: [3]}, n_items=5)
+    assert cosine[1, 2] == cosine[2, 1] == pytest.approx(1.0)       # always watched together
+    assert cosine[1, 3] == pytest.approx(0.5)                       # 1 co-watcher / sqrt(2 * 2)
+    assert cosine[4].sum() == 0 and np.diag(cosine).sum() == 0 and cosine[0].sum() == 0
+
+
+def test_shuffled_sequences_keep_each_bag_and_lose_the_order():
+    sequences = {1: list(range(1, 41)), 2: [5, 6]}
+    shuffled = rs.shuffled_sequences(sequences, seed=0)
+    assert sorted(shuffled[1]) == sequences[1] and sorted(shuffled[2]) == [5, 6]
+    assert shuffled[1] != sequences[1] and shuffled == rs.shuffled_sequences(sequences, seed=0)
+
+
+def test_training_keeps_the_weights_of_the_best_validation_epoch():
+    sequences = {user: [(user + step) % 30 + 1 for step in range(12)] for user in range(1, 21)}
+    snapshots, scores = [], iter([0.1, 0.5, 0.2])
+
+    def validate(model):
+        snapshots.append(model.user_factors.weight.detach().clone())
+        return next(scores)
+
+    model, seconds = rs.train_bpr(sequences, n_users=21, n_items=31, dim=4, epochs=3, validate=validate)
+    assert len(snapshots) == 3 and seconds > 0
+    assert torch.equal(model.user_factors.weight, snapshots[1]) and not torch.equal(snapshots[1], snapshots[2])
+
+    snapshots, scores = [], iter([0.3, 0.2])
+
+    def validate_sasrec(model):
+        snapshots.append(model.item_embedding.weight.detach().clone())
+        return next(scores)
+
+    model, _, losses = rs.train_sasrec(sequences, dim=8, layers=1, heads=1, max_len=6, epochs=2, n_items=31,
+                                       validate=validate_sasrec)
+    assert len(losses) == 2 and torch.equal(model.item_embedding.weight, snapshots[0])

@@ -133,7 +133,7 @@ BAD = {
     "assistant": ("/ask", {"question": 42}, 422, "question: Input should be a valid string. Send JSON like"),
     "generate": ("/generate", {"class": "Spaceship"}, 422, "class: unknown class 'Spaceship'; use one of"),
 }
-ROUTES = {"reviews": {"/classify", "/ask"}, "images": {"/predict", "/predict/png"},
+ROUTES = {"reviews": {"/classify", "/ask"}, "images": {"/predict", "/predict/png", "/predict/image"},
           "movies": {"/recommend", "/popular"}, "assistant": {"/ask", "/v1/chat/completions", "/v1/models"},
           "generate": {"/generate"}}
 LIMITS = {"reviews": 64 * 1024, "images": 256 * 1024, "movies": 64 * 1024, "assistant": 64 * 1024,
@@ -349,6 +349,25 @@ def test_settings_come_from_flags_or_environment(models, monkeypatch, capsys):
     usage = capsys.readouterr().err
     assert all(case in usage for case in CASES)
     assert serve.main(["--help"]) == 0 and "python -m lm4f.serve CASE" in capsys.readouterr().out
+
+
+def test_the_review_scores_setting_comes_from_flag_or_environment(models, monkeypatch, capsys):
+    text = {"text": "Terrible quality, it fell apart, I returned it."}
+    monkeypatch.setenv("LM4F_SCORES", "label")
+    app, args = serve.app_from_argv(["reviews", "--model", str(models["reviews"].folder)])
+    with TestClient(app) as client:
+        answer = client.post("/classify", json=text).json()
+        assert args.scores == "label" and "probability" not in answer and answer["recommended"] is False
+        assert client.get("/health").json()["scores"] == "label"
+    app, args = serve.app_from_argv(["reviews", "--model", str(models["reviews"].folder), "--scores", "rounded"])
+    with TestClient(app) as client:  # the flag wins over the environment
+        probability = client.post("/classify", json=text).json()["probability"]
+        assert args.scores == "rounded" and probability == round(probability, 1)
+    monkeypatch.setenv("LM4F_SCORES", "exact")
+    with pytest.raises(SystemExit):
+        serve.parse(["reviews"])
+    assert "--scores must be one of full, rounded, label, got 'exact' (from --scores or LM4F_SCORES)" \
+        in capsys.readouterr().err
 
 
 def test_the_command_serves_over_loopback_with_two_workers(models, tmp_path):

@@ -92,7 +92,7 @@ def test_the_question_mix():
 
 
 def test_splits_are_stratified_deterministic_and_complete():
-    items = [question for question in shop.questions() if question.split != "holdout"]
+    items = [question for question in shop.questions() if question.split not in shop.HOLDOUT_FILES]
     dev, test = shop.questions("dev"), shop.questions("test")
     assert len(dev) + len(test) == len(items) and not {q.id for q in dev} & {q.id for q in test}
     assert 0.40 <= len(dev) / len(items) <= 0.50
@@ -106,15 +106,21 @@ def test_splits_are_stratified_deterministic_and_complete():
         shop.questions("train")
 
 
-def test_the_holdout_split_is_separate_complete_and_new():
-    holdout = shop.questions("holdout")
+@pytest.mark.parametrize("split", list(shop.HOLDOUT_FILES))
+def test_each_holdout_split_is_separate_complete_and_new(split):
+    holdout = shop.questions(split)
+    prefix = shop.HOLDOUT_FILES[split][1]
     assert len(holdout) >= 150
-    assert all(question.split == "holdout" and question.id.startswith("h") for question in holdout)
+    assert all(question.split == split and question.id.startswith(prefix) for question in holdout)
     assert {question.kind for question in holdout} == set(shop.KINDS)
     assert {question.handoff_reason for question in holdout if question.handoff} == set(shop.HANDOFF_REASONS)
-    earlier = {_normalise(question.question) for question in shop.questions() if question.split != "holdout"}
+    earlier = {_normalise(question.question) for question in shop.questions() if question.split != split}
     assert not earlier & {_normalise(question.question) for question in holdout}
-    assert [question.id for question in shop.questions()][-len(holdout):] == [question.id for question in holdout]
+    ids = [question.id for question in shop.questions()]
+    position = ids.index(holdout[0].id)  # each holdout file is read after the ones written before it
+    assert ids[position:position + len(holdout)] == [question.id for question in holdout]
+    assert all(ids.index(shop.questions(other)[0].id) < position for other in list(shop.HOLDOUT_FILES)[
+        :list(shop.HOLDOUT_FILES).index(split)])
 
 
 def test_handoff_training_messages_cover_every_label_and_no_scored_question():

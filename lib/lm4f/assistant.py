@@ -41,6 +41,7 @@ Command line:
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import os
@@ -75,6 +76,9 @@ __all__ = [
     "IntentClassifier",
     "choose_handoff",
     "choose_extractive",
+    "choose_examples",
+    "ExampleBank",
+    "example_key",
     "question_parts",
     "item_numbers",
     "Assistant",
@@ -337,6 +341,10 @@ class Backend:
     def describe(self) -> dict:
         return {"backend": self.name}
 
+    def texts_to_embed(self, question: str) -> list[str]:
+        """Texts besides the question this backend will embed (encoded in one batch with the question)."""
+        return []
+
 
 def _truncate_words(text: str, max_tokens: int | None, count: Callable[[str], int]) -> tuple[str, str]:
     """Cut ``text`` to at most ``max_tokens`` tokens (whole words); return (text, finish_reason)."""
@@ -394,6 +402,76 @@ def _item_of(passage_id: str) -> str | None:
     return match.group(1) if match else None
 
 
+def example_key(passage_id: str) -> str:
+    """What a labelled example question says about a passage: a policy passage's own id, or, for a
+    product passage, its *aspect* (``"aspect:fit"`` for ``product-1094-fit``), because "is the 1094
+    roomy?" teaches which kind of passage answers "is the 862 cut generously?" for every item."""
+    item = _item_of(passage_id)
+    return f"aspect:{passage_id.rsplit('-', 1)[1]}" if item is not None else passage_id
+
+
+class ExampleBank:
+    """Questions customers asked before, each labelled with the passages that answer it, used as
+    evidence for which passage answers a new question (the support team's past tickets, in effect).
+
+    A passage's text and a customer's words often share nothing ("paper thin" against "37 call it
+    thin"); a labelled question phrased like the new one bridges them. ``scores(text)`` gives, for
+    every key (``example_key``), the highest MiniLM cosine between ``text`` and an example labelled
+    with that key. Two ways to keep a question from being scored with its own label while settings are
+    chosen on the very questions the bank holds: ``leave_out=True`` ignores examples whose text equals
+    the question (leave-one-out); ``excluded_group = "test"`` ignores every example of that group (each
+    example's ``groups`` entry is the split it came from: leave-one-split-out).
+    """
+
+    def __init__(self, texts: Sequence[str], keys: Sequence[Sequence[str]], vectors: np.ndarray,
+                 embed: Callable[[str], np.ndarray] | None = None, groups: Sequence[str] | None = None):
+        if len(texts) != len(keys) or len(texts) != len(vectors):
+            raise ValueError(f"ExampleBank: {len(texts)} texts, {len(keys)} key lists and {len(vectors)} vectors; "
+                             "they must match one to one.")
+        self.texts = list(texts)
+        self.keys = [tuple(k) for k in keys]
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self.embed = embed
+        self.groups = np.array(list(groups) if groups is not None else [""] * len(self.texts), dtype=object)
+        if len(self.groups) != len(self.texts):
+            raise ValueError(f"ExampleBank: {len(self.groups)} groups for {len(self.texts)} texts.")
+        self.leave_out = False
+        self.excluded_group: str | None = None
+        self._normalised = np.array([_normalise(t) for t in self.texts], dtype=object)
+        self._rows: dict[str, list[int]] = {}
+        for row, row_keys in enumerate(self.keys):
+            for key in row_keys:
+                self._rows.setdefault(key, []).append(row)
+
+    @classmethod
+    def from_questions(cls, questions: Sequence, encoder, embed: Callable[[str], np.ndarray] | None = None):
+        """The bank of the answerable ``questions`` (``lm4f.shop.Question``), encoded with ``encoder``."""
+        from lm4f.nlp import embed as embed_texts
+
+        answerable = [q for q in questions if not q.handoff and q.passage_ids]
+        texts = [q.question for q in answerable]
+        keys = [tuple(dict.fromkeys(example_key(pid) for pid in q.passage_ids)) for q in answerable]
+        vectors = embed_texts(encoder, texts) if texts else np.zeros((0, 384), dtype=np.float32)
+        return cls(texts, keys, vectors, embed, groups=[q.split for q in answerable])
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def scores(self, text: str) -> dict[str, float]:
+        """The best cosine between ``text`` and each key's examples (keys without examples are absent)."""
+        if self.embed is None:
+            raise ValueError("ExampleBank.scores needs `embed` (the retriever's query embedding).")
+        if not len(self):
+            return {}
+        similarity = self.vectors @ np.asarray(self.embed(text), dtype=np.float32)
+        if self.leave_out:
+            similarity = np.where(self._normalised == _normalise(text), -np.inf, similarity)
+        if self.excluded_group is not None:
+            similarity = np.where(self.groups == self.excluded_group, -np.inf, similarity)
+        best = {key: float(similarity[rows].max()) for key, rows in self._rows.items()}
+        return {key: value for key, value in best.items() if np.isfinite(value)}
+
+
 class ExtractiveBackend(Backend):
     """Answers with text copied from the retrieved passages, each passage followed by its ``[passage-id]``.
 
@@ -420,8 +498,12 @@ class ExtractiveBackend(Backend):
 
     def __init__(self, idf: dict[str, float], bm25=None, sentences: int = 0, lexical: float = 0.25,
                  item_lexical: float = 1.0, part_prior: float = 0.25, candidates: int = 5,
-                 counter: TokenCounter | None = None, words_per_piece: int = 3):
+                 counter: TokenCounter | None = None, words_per_piece: int = 3,
+                 examples: ExampleBank | None = None, policy_examples: float = 0.0, aspect_examples: float = 0.0):
         self.idf = idf
+        self.examples = examples
+        self.policy_examples = policy_examples
+        self.aspect_examples = aspect_examples
         self.item_lexical = item_lexical
         self.part_prior = part_prior
         self.bm25 = bm25
@@ -440,13 +522,21 @@ class ExtractiveBackend(Backend):
     @property
     def settings(self) -> dict:
         return {"sentences": self.sentences, "lexical": self.lexical, "item_lexical": self.item_lexical,
-                "part_prior": self.part_prior, "candidates": self.candidates}
+                "part_prior": self.part_prior, "candidates": self.candidates,
+                "policy_examples": self.policy_examples, "aspect_examples": self.aspect_examples}
 
     def describe(self) -> dict:
         return {"backend": self.name, **self.settings, "token_unit": self.count.unit}
 
     def _weight(self, term: str) -> float:
         return self.idf.get(term, 0.0)
+
+    def texts_to_embed(self, question: str) -> list[str]:
+        """The parts of a multi-part question, which the example bank compares one by one."""
+        if self.examples is None or self.policy_examples + self.aspect_examples <= 0:
+            return []
+        parts = question_parts(question)
+        return parts if len(parts) > 1 else []
 
     def _lexical_scores(self, text: str, passages: list) -> np.ndarray:
         if self.bm25 is None:
@@ -484,6 +574,11 @@ class ExtractiveBackend(Backend):
                 return None
             scaled = self._scaled(lexical)
             totals = [prior_weight * prior.get(p.id, 0.0) + lexical_weight * scaled[i] for i, p in enumerate(among)]
+            if self.examples is not None and self.policy_examples + self.aspect_examples > 0 and len(among) > 1:
+                evidence = self.examples.scores(text)
+                similar = self._scaled([evidence.get(example_key(p.id), 0.0) for p in among])
+                weights = [self.aspect_examples if _item_of(p.id) else self.policy_examples for p in among]
+                totals = [total + weights[i] * similar[i] for i, total in enumerate(totals)]
             return among[int(np.argmax(totals))]
 
         items = [p for p in pool if _item_of(p.id) in numbers]
@@ -685,13 +780,23 @@ class OpenAIBackend(Backend):
 
 
 def make_backend(kind: str, index: Index | None = None, model: str | None = None, base_url: str | None = None,
-                 settings: dict | None = None) -> Backend:
-    """Build a backend by name: ``extractive`` (needs the index, for word weights), ``local`` or ``openai``."""
+                 settings: dict | None = None, embed: Callable[[str], np.ndarray] | None = None) -> Backend:
+    """Build a backend by name: ``extractive`` (needs the index, for word weights and the example bank
+    saved with it; ``embed`` is the retriever's query embedding, shared so a question is encoded once),
+    ``local`` or ``openai``."""
     if kind == "extractive":
         if index is None:
             raise ValueError("the extractive backend needs the index (its word weights come from the passages).")
         chosen = dict((settings or index.settings).get("extractive", {}))
-        return ExtractiveBackend(passage_idf(index.passages), bm25=index.retriever("bm25"), **chosen)
+        examples = None
+        if chosen.get("policy_examples", 0) > 0 or chosen.get("aspect_examples", 0) > 0:
+            examples = load_examples(index, embed=embed or index.retriever("dense").embed_query)
+            if examples is None:
+                raise IndexFileError(f"Assistant index {index.folder}: settings.json uses an example bank but "
+                                     f"{EXAMPLES_FILE} is not recorded in manifest.json.\nFix: rebuild the index "
+                                     f"with `{REBUILD_COMMAND}`.")
+        return ExtractiveBackend(passage_idf(index.passages), bm25=index.retriever("bm25"), examples=examples,
+                                 **chosen)
     if kind == "local":
         return LocalBackend(model=model)
     if kind == "openai":
@@ -1019,7 +1124,8 @@ class Assistant:
         intent = load_intent(index, embed_query=dense.embed_query if dense is not None else None)
         handoff = HandoffPolicy(complaint=complaint, intent=intent, **index.settings.get("handoff", {}))
         if isinstance(backend, str):
-            backend = make_backend(backend, index=index, model=model, base_url=base_url)
+            backend = make_backend(backend, index=index, model=model, base_url=base_url,
+                                   embed=dense.embed_query if dense is not None else None)
         return cls(retriever, backend, handoff, k=k)
 
     def describe(self) -> dict:
@@ -1030,6 +1136,10 @@ class Assistant:
 
     def _retrieve(self, question: str) -> tuple[list[Hit], list, str | None]:
         with self._lock:  # the MiniLM tokenizer (retrieval and the intent classifier) is not safe to share
+            dense = getattr(self.retriever, "dense", None)
+            extra = self.backend.texts_to_embed(question)
+            if extra and hasattr(dense, "embed_queries"):
+                dense.embed_queries([question, *extra])  # one forward pass for the question and its parts
             hits = self.retriever.search(question, k=self.k)
             reason = self.handoff.decide(question, hits) if self.handoff else None
         return hits, [self.passage_by_id[h.id] for h in hits], reason
@@ -1103,22 +1213,16 @@ INTENT_FILE = "intent.joblib"
 
 def _save_model(index: Index, name: str, model) -> Path:
     """Save a fitted model beside the index (joblib) and record its sha256 in the manifest."""
-    import json
-
     import joblib
 
     path = index.folder / name
     joblib.dump(model, path)
-    index.manifest[f"{path.stem}_sha256"] = sha256_file(path)
-    (index.folder / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
-    return path
+    return _record_file(index, path)
 
 
-def _load_model(index: Index, name: str):
-    """A model saved with ``_save_model``, or None if the manifest records none.
-
-    joblib files run code when loaded, so only a file whose sha256 matches the manifest is loaded.
-    """
+def _checked_file(index: Index, name: str) -> Path | None:
+    """The path of a file saved beside the index, after checking it against the manifest's sha256;
+    None if the manifest records no such file."""
     path = index.folder / name
     expected = index.manifest.get(f"{path.stem}_sha256")
     if expected is None:
@@ -1129,9 +1233,55 @@ def _load_model(index: Index, name: str):
     if sha256_file(path) != expected:
         raise IndexFileError(f"Assistant index: file {path} is corrupt: its sha256 differs from the one in "
                              f"manifest.json.\nFix: rebuild the index with `{REBUILD_COMMAND}`.")
+    return path
+
+
+def _record_file(index: Index, path: Path) -> Path:
+    import json
+
+    index.manifest[f"{path.stem}_sha256"] = sha256_file(path)
+    (index.folder / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
+    return path
+
+
+def _load_model(index: Index, name: str):
+    """A model saved with ``_save_model``, or None if the manifest records none.
+
+    joblib files run code when loaded, so only a file whose sha256 matches the manifest is loaded.
+    """
+    path = _checked_file(index, name)
+    if path is None:
+        return None
     import joblib
 
     return joblib.load(path)
+
+
+EXAMPLES_FILE = "examples.npz"
+EXAMPLE_SPLITS = ("dev", "test", "holdout", "holdout2")
+"""The labelled questions the example bank holds: every split already used for a final table.
+``holdout3`` stays out: it judges the assistant that uses the bank."""
+
+
+def save_examples(index: Index, bank: ExampleBank) -> Path:
+    """Save the example bank (texts, keys, MiniLM vectors; no pickles) beside the index."""
+    path = index.folder / EXAMPLES_FILE
+    with open(path, "wb") as handle:
+        np.savez(handle, texts=np.array(bank.texts, dtype=str), vectors=bank.vectors,
+                 keys=np.array(["|".join(keys) for keys in bank.keys], dtype=str),
+                 groups=np.array(bank.groups.tolist(), dtype=str))
+    return _record_file(index, path)
+
+
+def load_examples(index: Index, embed: Callable[[str], np.ndarray] | None = None) -> ExampleBank | None:
+    """The example bank saved with the index (checked against the manifest), or None if none was saved."""
+    path = _checked_file(index, EXAMPLES_FILE)
+    if path is None:
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        texts, vectors, keys = saved["texts"].tolist(), saved["vectors"], saved["keys"].tolist()
+        groups = saved["groups"].tolist()
+    return ExampleBank(texts, [key.split("|") for key in keys], vectors, embed, groups=groups)
 
 
 def save_complaint(index: Index, detector: ComplaintDetector) -> Path:
@@ -1162,12 +1312,80 @@ EXTRACTIVE_GRID = tuple({"sentences": 0, "lexical": w, "item_lexical": i, "part_
                         for c in (3, 5))
 
 
+def example_grid(settings: dict, policy: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
+                 aspect: Sequence[float] = (0.0, 1.0, 2.0, 4.0),
+                 item_lexical: Sequence[float] = (1.0, 2.0)) -> list[dict]:
+    """Settings to try with the example bank: ``settings`` (the dev-chosen ones) with a weight for the
+    evidence on policy passages, one for product aspects, and the item words' weight, since the
+    examples take over part of what the words did. Policy passages and product aspects get separate
+    weights because their examples differ: each aspect has a hundred examples across all items, a
+    policy passage a handful."""
+    return [{**settings, "policy_examples": p, "aspect_examples": a, "item_lexical": i}
+            for p in policy for a in aspect for i in item_lexical]
+
+
+def choose_examples(bank: ExampleBank, questions: Sequence, retriever, idf: dict[str, float], bm25=None,
+                    settings: dict | None = None, grid: Sequence[dict] | None = None, hold_out: str = "split",
+                    k: int = 5) -> dict:
+    """Choose the example weights on the bank's own questions without scoring any with its own label.
+
+    ``hold_out="split"`` (leave-one-split-out): the questions of each split are answered with the
+    examples of the *other* splits only. Each split was written by a different person, so this asks
+    what a fresh writer's questions will meet, which is what the next set of customers is.
+    ``hold_out="question"`` (leave-one-out): each question is answered with every other example. It
+    is optimistic when a split holds near-rewordings of another's questions, because the neighbour
+    stays in the bank. The rest is ``choose_extractive`` over ``grid`` (default ``example_grid(settings)``);
+    the tables of the held-out groups are pooled question by question. Returns ``{"settings", "table"}``.
+    """
+    if hold_out not in ("split", "question"):
+        raise ValueError(f"hold_out must be 'split' or 'question', got {hold_out!r}.")
+    grid = list(grid) if grid is not None else example_grid(settings or {})
+    was = bank.leave_out, bank.excluded_group, bank.embed
+    bank.embed = _memo(bank.embed)  # each question is asked once per candidate setting: encode it once
+    try:
+        if hold_out == "question":
+            bank.leave_out = True
+            return choose_extractive(questions, retriever, idf, bm25=bm25, k=k, examples=bank, grid=grid)
+        tables = []
+        for group in sorted({q.split for q in questions}):
+            bank.excluded_group = group
+            part = [q for q in questions if q.split == group]
+            tables.append(choose_extractive(part, retriever, idf, bm25=bm25, k=k, examples=bank, grid=grid)["table"])
+        table = [_pooled_row([t[i] for t in tables]) for i in range(len(grid))]
+        return {"settings": _chosen_settings(table), "table": table}
+    finally:
+        bank.leave_out, bank.excluded_group, bank.embed = was
+
+
+def _pooled_row(rows: Sequence[dict]) -> dict:
+    """One grid row from the same setting's rows on disjoint question groups (question-weighted)."""
+    answered = sum(r["questions"] for r in rows)
+    cited, supported = sum(r["cited"] for r in rows), sum(r["supported"] for r in rows)
+    correct = sum(r["correct"] * r["questions"] for r in rows) / answered
+    relevance = supported / cited if cited else math.nan
+    return {**{key: value for key, value in rows[0].items() if key not in _ROW_FIGURES},
+            "correct": correct, "citation_relevance": relevance,
+            "token_f1": sum(r["token_f1"] * r["questions"] for r in rows) / answered,
+            "score": _harmonic(correct, relevance), "questions": answered, "cited": cited, "supported": supported}
+
+
+_ROW_FIGURES = ("correct", "citation_relevance", "token_f1", "score", "questions", "cited", "supported")
+_SETTING_KEYS = ("sentences", "lexical", "item_lexical", "part_prior", "candidates", "policy_examples",
+                 "aspect_examples")
+
+
+def _chosen_settings(table: Sequence[dict]) -> dict:
+    """The best row's settings: highest score, then token-F1, then the first in the grid."""
+    best = max(range(len(table)), key=lambda i: (round(table[i]["score"], 6), round(table[i]["token_f1"], 6), -i))
+    return {key: table[best][key] for key in _SETTING_KEYS if key in table[best]}
+
+
 def _harmonic(a: float, b: float) -> float:
     return 2 * a * b / (a + b) if a + b > 0 and not (math.isnan(a) or math.isnan(b)) else 0.0
 
 
 def choose_extractive(dev_questions: Sequence, retriever, idf: dict[str, float], bm25=None, k: int = 5,
-                      grid: Sequence[dict] = EXTRACTIVE_GRID) -> dict:
+                      grid: Sequence[dict] = EXTRACTIVE_GRID, examples: ExampleBank | None = None) -> dict:
     """Choose the extractive backend's settings on the DEV answerable questions.
 
     Score: the harmonic mean of answer correctness (all facts present) and citation relevance (cited
@@ -1187,7 +1405,7 @@ def choose_extractive(dev_questions: Sequence, retriever, idf: dict[str, float],
     counter = TokenCounter()
     table = []
     for candidate in grid:
-        backend = ExtractiveBackend(idf, bm25=bm25, counter=counter, **candidate)
+        backend = ExtractiveBackend(idf, bm25=bm25, counter=counter, examples=examples, **candidate)
         correct, f1s, cited, supported = [], [], 0, 0
         for question, passages, hits in prepared:
             text, ids = backend.compose(question.question, passages, hits)
@@ -1197,10 +1415,9 @@ def choose_extractive(dev_questions: Sequence, retriever, idf: dict[str, float],
             supported += sum(pid in question.passage_ids for pid in ids)
         relevance = supported / cited if cited else math.nan
         table.append({**candidate, "correct": float(np.mean(correct)), "citation_relevance": relevance,
-                      "token_f1": float(np.mean(f1s)), "score": _harmonic(float(np.mean(correct)), relevance)})
-    best = max(range(len(table)), key=lambda i: (round(table[i]["score"], 6), round(table[i]["token_f1"], 6), -i))
-    chosen = {key: table[best][key] for key in ("sentences", "lexical", "item_lexical", "part_prior", "candidates")}
-    return {"settings": chosen, "table": table}
+                      "token_f1": float(np.mean(f1s)), "score": _harmonic(float(np.mean(correct)), relevance),
+                      "questions": len(prepared), "cited": cited, "supported": supported})
+    return {"settings": _chosen_settings(table), "table": table}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1406,15 +1623,18 @@ def format_report(report: dict) -> str:
 # Command line
 # ---------------------------------------------------------------------------------------------
 def build_and_tune(out=DEFAULT_INDEX, encoder=None, passages=None, dev_questions=None, complaint=True,
-                   intent=True, verbose: bool = True) -> Index:
+                   intent=True, examples: bool | Sequence = True, verbose: bool = True) -> Index:
     """``build-index``: build the index from ``lm4f.shop``, then choose every setting on the dev questions.
 
     1. ``build_index`` over all passages; 2. ``choose_hybrid`` (fusion); 3. the complaint classifier
     trained on the reviews (skipped with ``complaint=False``) and the intent classifier trained on
     ``lm4f.shop.handoff_examples()`` (skipped with ``intent=False``); 4. ``choose_handoff``
     (thresholds; each classifier is kept only if dev finds a threshold at which it helps); 5. ``choose_extractive``
-    (passage choice). The settings (and the classifier, if kept) are saved with the index, so
-    ``Assistant.from_index`` and the server run exactly what dev chose.
+    (passage choice); 6. the example bank (``ExampleBank``) of the labelled questions of ``EXAMPLE_SPLITS``
+    (or the questions passed as ``examples``; ``examples=False`` skips it), its weights chosen by
+    leave-one-split-out (``choose_examples``) and kept only if that finds it helps. The settings (and the
+    classifier and the bank, if kept) are saved with the index, so ``Assistant.from_index`` and the
+    server run exactly what was chosen.
     """
     from lm4f.nlp import load_minilm
     from lm4f.retrieval import build_index, choose_hybrid, save_settings
@@ -1423,9 +1643,9 @@ def build_and_tune(out=DEFAULT_INDEX, encoder=None, passages=None, dev_questions
         if verbose:
             print(message, flush=True)
 
-    if passages is None or dev_questions is None:
-        from lm4f import shop
+    from lm4f import shop
 
+    if passages is None or dev_questions is None:
         passages = shop.passages() if passages is None else passages
         dev_questions = shop.questions("dev") if dev_questions is None else dev_questions
     encoder = encoder or load_minilm()
@@ -1447,11 +1667,26 @@ def build_and_tune(out=DEFAULT_INDEX, encoder=None, passages=None, dev_questions
     if intents is not None and handoff["settings"]["min_answer_p"] > 0:
         save_intent(index, intents)
     say(f"hand-off settings chosen on dev: {handoff['settings']} (dev F1 {handoff['f1']:.3f})")
-    extractive = choose_extractive(dev_questions, retriever, passage_idf(index.passages), bm25=index.retriever("bm25"))
+    idf, bm25 = passage_idf(index.passages), index.retriever("bm25")
+    extractive = choose_extractive(dev_questions, retriever, idf, bm25=bm25)
     say(f"extractive settings chosen on dev: {extractive['settings']}")
+    if examples:
+        labelled = [q for q in shop.questions() if q.split in EXAMPLE_SPLITS] if examples is True else examples
+        bank = ExampleBank.from_questions(labelled, index.get_encoder(), embed=retriever.dense.embed_query)
+        chosen = choose_examples(bank, labelled, retriever, idf, bm25=bm25, settings=extractive["settings"])
+        say(f"example bank of {len(bank)} labelled questions; settings chosen by leave-one-split-out: "
+            f"{chosen['settings']}")
+        if chosen["settings"].get("policy_examples", 0) > 0 or chosen["settings"].get("aspect_examples", 0) > 0:
+            extractive = chosen
+            save_examples(index, bank)
     save_settings(index, {"hybrid": hybrid["settings"], "handoff": handoff["settings"],
                           "extractive": extractive["settings"]})
     return index
+
+
+def _memo(embed: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray]:
+    """``embed`` with an unbounded cache: choosing settings asks each question once per candidate setting."""
+    return functools.lru_cache(maxsize=None)(embed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1465,8 +1700,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="skip training the complaint classifier (phrases only)")
     build.add_argument("--no-intent-model", action="store_true",
                        help="skip training the intent classifier (rules and retrieval scores only)")
+    build.add_argument("--no-examples", action="store_true",
+                       help="skip the example bank of labelled questions (passage choice from words and ranks only)")
     run = commands.add_parser("eval", help="score a backend on the labelled questions")
-    run.add_argument("--split", default="dev", choices=("dev", "test", "holdout", "all"))
+    run.add_argument("--split", default="dev", choices=("dev", "test", "holdout", "holdout2", "holdout3", "all"))
     run.add_argument("--backend", default="extractive", choices=("extractive", "local", "openai"))
     run.add_argument("--index", default=str(DEFAULT_INDEX))
     run.add_argument("--llm", default=None,
@@ -1479,7 +1716,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "build-index":
-            build_and_tune(args.out, complaint=not args.no_complaint_model, intent=not args.no_intent_model)
+            build_and_tune(args.out, complaint=not args.no_complaint_model, intent=not args.no_intent_model,
+                           examples=not args.no_examples)
             return 0
         from lm4f import shop
 

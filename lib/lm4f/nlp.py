@@ -114,14 +114,32 @@ class TfidfClassifier:
 
     ``fit(texts, labels)`` trains; ``tune_threshold(texts, labels)`` picks the threshold on
     validation data; ``predict_proba(texts)`` gives P(recommended) per text, shape (N,).
+
+    Trained on labels of your own (``python -m lm4f.train reviews --csv ...``), ``labels`` holds
+    their names (label id i is ``labels[i]``): with two labels the threshold applies to P(``labels[1]``);
+    with three or more, ``predict`` takes the most probable one and ``probabilities(texts)`` gives
+    the (N, labels) matrix. ``labels`` is None for the course's recommended (1) / not (0) model.
+    ``class_weight="balanced"`` (scikit-learn's) weighs each label equally in the loss, so a rare
+    label is still predicted; your own labels are trained that way.
     """
 
     max_features: int = 50_000
     C: float = 4.0
     threshold: float = 0.5
     pipeline: object = field(default=None, repr=False)
+    labels: list[str] | None = None
+    class_weight: str | None = None  # "balanced": each label weighs the same in the loss, however rare
 
     def fit(self, texts, labels):
+        self.fit_features(texts, labels)
+        return self
+
+    def fit_features(self, texts, labels):
+        """``fit``, and return the training texts' TF-IDF features: a sparse (N, F) matrix.
+
+        Out-of-fold work on the training texts (a stacker's inputs, cross-validation) needs those
+        features; computing them again with ``pipeline[0].transform(texts)`` costs as much as the fit.
+        """
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import FeatureUnion, make_pipeline
@@ -132,19 +150,34 @@ class TfidfClassifier:
             ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=3,
                                       max_features=self.max_features, sublinear_tf=True)),
         ])
-        self.pipeline = make_pipeline(features, LogisticRegression(C=self.C, max_iter=2000))
-        self.pipeline.fit(list(texts), np.asarray(labels))
-        return self
+        self.pipeline = make_pipeline(features, LogisticRegression(C=self.C, max_iter=2000,
+                                                                   class_weight=self.class_weight))
+        training_features = self.pipeline[0].fit_transform(list(texts))  # (N, F) sparse
+        self.pipeline[-1].fit(training_features, np.asarray(labels))
+        return training_features
 
     def _check_fitted(self):
         if self.pipeline is None:
             raise RuntimeError("TfidfClassifier is not trained yet: call .fit(texts, labels) first.")
 
-    def predict_proba(self, texts) -> np.ndarray:
+    @property
+    def n_labels(self) -> int:
+        self._check_fitted()
+        return len(self.pipeline[-1].classes_)
+
+    def probabilities(self, texts) -> np.ndarray:
+        """P(label) for every label, shape (N, labels); rows sum to 1."""
         self._check_fitted()
         if isinstance(texts, str):
-            raise TypeError("predict_proba takes a list of texts; wrap one text as [text].")
-        return self.pipeline.predict_proba(list(texts))[:, 1]
+            raise TypeError("probabilities takes a list of texts; wrap one text as [text].")
+        return self.pipeline.predict_proba(list(texts))
+
+    def predict_proba(self, texts) -> np.ndarray:
+        """P(label 1) per text, shape (N,): P(recommended) for the course's model. Two labels only."""
+        if self.n_labels > 2:
+            raise ValueError(f"this classifier has {self.n_labels} labels; use .probabilities(texts) for all of "
+                             "them, or .predict(texts) for the most probable")
+        return self.probabilities(texts)[:, 1]
 
     def decision_function(self, texts) -> np.ndarray:
         """The logistic regression's logit per text, shape (N,)."""
@@ -156,6 +189,9 @@ class TfidfClassifier:
         return self.threshold
 
     def predict(self, texts) -> np.ndarray:
+        """Label ids (N,): P(label 1) >= threshold with two labels, the most probable label with more."""
+        if self.n_labels > 2:
+            return self.probabilities(texts).argmax(axis=1).astype(np.int64)
         return (self.predict_proba(texts) >= self.threshold).astype(np.int64)
 
     @property
@@ -251,8 +287,11 @@ def save_triage(folder, classifier: TfidfClassifier, retriever: ReviewRetriever 
     joblib.dump(classifier.pipeline, folder / CLASSIFIER_FILE)
     config = {"threshold": float(classifier.threshold),
               "classifier": {"kind": "tfidf-logistic-regression", "max_features": classifier.max_features,
-                             "C": classifier.C},
+                             "C": classifier.C, **({"class_weight": classifier.class_weight}
+                                                   if classifier.class_weight else {})},
               "retriever": None}
+    if classifier.labels is not None:  # trained on labels of your own: their names, in the model's order
+        config["labels"] = list(classifier.labels)
     if retriever is not None:
         with open(folder / REVIEWS_FILE, "w", encoding="utf-8") as handle:
             for row in retriever.reviews[["Clothing ID", "row", "text"]].itertuples(index=False):
@@ -286,7 +325,11 @@ def load_triage(saved, encoder=None) -> tuple[TfidfClassifier, ReviewRetriever |
         raise saved.problem(CLASSIFIER_FILE, f"cannot be loaded ({type(error).__name__}: {error})") from error
     settings = config.get("classifier", {})
     classifier = TfidfClassifier(max_features=settings.get("max_features", 50_000), C=settings.get("C", 4.0),
-                                 threshold=float(config["threshold"]), pipeline=pipeline)
+                                 threshold=float(config["threshold"]), pipeline=pipeline, labels=config.get("labels"),
+                                 class_weight=settings.get("class_weight"))
+    if classifier.labels is not None and len(classifier.labels) != classifier.n_labels:
+        raise saved.problem(CLASSIFIER_FILE, f"predicts {classifier.n_labels} labels, but config.json names "
+                                             f"{len(classifier.labels)}")
     facts = config.get("retriever")
     if not facts:
         return classifier, None

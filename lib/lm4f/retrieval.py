@@ -271,6 +271,20 @@ class DenseRetriever:
             self._recent[query] = vector
         return vector
 
+    def embed_queries(self, queries: Sequence[str]) -> None:
+        """Encode the queries not yet kept in one batch, so that ``embed_query`` finds them: one forward
+        pass for a question and its parts instead of one per text."""
+        from lm4f.nlp import embed
+
+        missing = [query for query in dict.fromkeys(queries) if query not in self._recent]
+        if not missing:
+            return
+        for query, vector in zip(missing, embed(self.encoder, missing)):
+            vector.flags.writeable = False
+            if len(self._recent) >= self.QUERY_CACHE:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[query] = vector
+
     def scores(self, query: str) -> np.ndarray:
         """Cosine similarity of every passage with ``query``, shape (N,), each in [-1, 1]."""
         return self.embeddings @ self.embed_query(query)

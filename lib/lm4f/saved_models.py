@@ -208,7 +208,8 @@ def _library_versions(packages: Iterable[str]) -> dict:
 
 
 def save_model(case: str, write: Callable[[Path], dict], *, metrics: dict, data: dict,
-               training: dict | None = None, packages: Iterable[str] = (), root=None) -> SavedModel:
+               training: dict | None = None, packages: Iterable[str] = (), root=None,
+               rebuild: str | None = None) -> SavedModel:
     """Write a new version of ``case`` under ``root`` (default ``models_dir()``) and return it, verified.
 
     ``write(folder)`` writes the case's files into an empty folder and returns the config that
@@ -217,7 +218,8 @@ def save_model(case: str, write: Callable[[Path], dict], *, metrics: dict, data:
     ``metadata.json`` with the library versions (``packages`` adds to numpy, torch, scikit-learn and
     pandas), the git commit and the checksum of every file. The folder is written beside the others
     and renamed into place when complete, so a half-written version is never loaded. The version is
-    one more than the highest ``vN`` present.
+    one more than the highest ``vN`` present. ``rebuild`` is the command that makes it again
+    (default ``python -m lm4f.train CASE``; a model trained on your own data gives its options).
     """
     root = Path(root) if root is not None else models_dir()
     case_folder = root / case
@@ -232,7 +234,7 @@ def save_model(case: str, write: Callable[[Path], dict], *, metrics: dict, data:
         metadata = {
             "format": FORMAT, "case": case, "version": version,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "size": SIZE, "rebuild": rebuild_command(case, root), "git": _git(),
+            "size": SIZE, "rebuild": rebuild or rebuild_command(case, root), "git": _git(),
             "versions": _library_versions(packages), "data": data, "metrics": metrics, "training": training or {},
             "files": file_checksums(staging),
         }

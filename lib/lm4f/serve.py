@@ -21,6 +21,11 @@ Every option has an environment variable, so a container is configured without f
     --max-body-bytes      LM4F_MAX_BODY_BYTES      request-body limit (default: the case's own)
     --torch-threads       LM4F_TORCH_THREADS       PyTorch threads per worker (default 1)
 
+Reviews only:
+
+    --scores    LM4F_SCORES              what /classify returns besides the decision: full (probability to
+                                         4 decimals, default) | rounded (1 decimal) | label (no probability)
+
 Assistant only:
 
     --backend   LM4F_ASSISTANT_BACKEND   extractive (default, offline) | local | openai
@@ -102,7 +107,22 @@ def _reviews_app(args: argparse.Namespace):
 
     saved = open_model(args.model, "reviews")
     classifier, retriever = load_triage(saved)
-    return create_app(classifier, retriever, about=saved.about(), **_limits(args))
+    return create_app(classifier, retriever, about=saved.about(), scores=args.scores, **_limits(args))
+
+
+def _reviews_arguments(parser: argparse.ArgumentParser) -> None:
+    from lm4f.apps.nlp import SCORES
+
+    def scores(text: str) -> str:  # a type, not choices=: argparse does not check choices on a default from LM4F_SCORES
+        if text not in SCORES:
+            raise argparse.ArgumentTypeError(f"--scores must be one of {', '.join(SCORES)}, got {text!r} "
+                                             "(from --scores or LM4F_SCORES)")
+        return text
+
+    parser.add_argument("--scores", type=scores, default=_env("LM4F_SCORES", "full"), metavar="{full,rounded,label}",
+                        help="what /classify returns besides the decision: full (the probability to 4 decimals), "
+                             "rounded (1 decimal) or label (none); fewer digits leak less about who was in the "
+                             "training data (env LM4F_SCORES; default full)")
 
 
 def _images_app(args: argparse.Namespace):
@@ -112,7 +132,9 @@ def _images_app(args: argparse.Namespace):
 
     saved = open_model(args.model, "images")
     model, classes = load_classifier(saved)
-    return create_app(model, classes, about=saved.about(), **_limits(args))
+    limits = _limits(args)  # --max-body-bytes, when given, caps the photo uploads of /predict/image too
+    return create_app(model, classes, about=saved.about(), **limits,
+                      **({"max_upload_bytes": limits["max_body_bytes"]} if limits else {}))
 
 
 def _movies_app(args: argparse.Namespace):
@@ -172,9 +194,9 @@ def _assistant_app(args: argparse.Namespace):
 
 CASES: dict[str, Case] = {
     "reviews": Case("review triage (case study 6.2): /classify a review, /ask which reviews answer a question",
-                    _reviews_app),
-    "images": Case("product-image classifier (case study 6.3): /predict from pixels, /predict/png from a PNG",
-                   _images_app),
+                    _reviews_app, _reviews_arguments),
+    "images": Case("product-image classifier (case study 6.3): /predict from pixels, /predict/png from a 28x28 "
+                   "PNG, /predict/image from a photo", _images_app),
     "movies": Case("movie recommender (case study 6.4): /recommend for a user or a history, /popular",
                    _movies_app),
     "assistant": Case("the customer-service assistant (case study 6.2): /ask and an OpenAI-compatible /v1",

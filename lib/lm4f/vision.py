@@ -6,7 +6,10 @@ the HTTP app (``lm4f.apps.vision``), the benchmark and the tests.
 - the models: softmax regression, MLP, a two-block CNN and a small ResNet;
 - ``fit`` (AdamW with a one-cycle or constant learning rate) and ``predict_proba``;
 - export with ``torch.export`` to a ``.pt2`` file and reload;
-- ``decode_png``: bytes of an uploaded PNG -> a checked (28, 28) uint8 array.
+- ``decode_png``: bytes of an uploaded PNG -> a checked (28, 28) uint8 array;
+- real photos: ``open_image`` (bytes or a file, its size checked from the header before decoding)
+  and ``prepare_image`` (any size and colour mode -> the model's (28, 28) input, with the list of
+  steps it took), used by the API's ``/predict/image`` and by ``lm4f.own_data``'s image folders.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ class ProductCNN(nn.Module):
     one thread: 89 ms -> 45 ms for a batch of 128.
     """
 
-    def __init__(self, hidden: int = 128, dropout: float = 0.2):
+    def __init__(self, hidden: int = 128, dropout: float = 0.2, classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.MaxPool2d(2),  # (B, 32, 14, 14)
@@ -122,7 +125,7 @@ class ProductCNN(nn.Module):
         self.head = nn.Sequential(
             nn.Flatten(),  # (B, 3136)
             nn.Linear(64 * 7 * 7, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, 10),  # (B, 10) logits
+            nn.Linear(hidden, classes),  # (B, classes) logits; 10 for Fashion-MNIST
         )
         self.to(memory_format=torch.channels_last)
 
@@ -305,16 +308,17 @@ def load_model(path) -> nn.Module:
 MODEL_FILE = "model.pt2"
 
 
-def save_classifier(folder, model: nn.Module, architecture: str = "") -> dict:
+def save_classifier(folder, model: nn.Module, architecture: str = "", classes: list[str] | None = None) -> dict:
     """Write what serving needs into ``folder``: the exported model (``model.pt2``); return its config.
 
     The config (``config.json`` of a saved version, see ``lm4f.saved_models``) holds the class
-    names, the image size and the normalisation the model was trained with.
+    names (``classes``, default Fashion-MNIST's ten, in the order of the model's outputs), the image
+    size and the normalisation the model was trained with.
     """
     from pathlib import Path
 
     export_model(model, Path(folder) / MODEL_FILE)
-    return {"classes": CLASSES, "image_size": IMAGE_SIZE, "mean": MEAN, "std": STD,
+    return {"classes": list(classes or CLASSES), "image_size": IMAGE_SIZE, "mean": MEAN, "std": STD,
             "architecture": architecture or type(model).__name__, "model_file": MODEL_FILE}
 
 
@@ -392,3 +396,215 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# Real images: any size, colour mode and format -> the model's (28, 28) input
+# ------------------------------------------------------------------------------------------------
+
+MAX_PIXELS = 50_000_000  # 50 megapixels: a 48 MP phone photo passes; decoded as RGB it takes 150 MB
+UPLOAD_FORMATS = ("PNG", "JPEG")  # what the API decodes; an image folder may hold any format Pillow reads
+BORDER_SHARE = 1 / IMAGE_SIZE  # the band of each side whose brightness decides inversion (>= 1 pixel)
+LIGHT_BACKGROUND = 128  # border median above this (of 255): a light background, so the image is inverted
+CONTENT_CONTRAST = 32  # a pixel this much brighter than the background (of 255) belongs to the product
+DRAFT_SIDE = 8 * IMAGE_SIZE  # a JPEG is decoded at 1/2, 1/4 or 1/8 scale while both sides stay >= this
+
+OTHER_FORMATS = {b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"\x00\x00\x01\x00": "ICO"}
+
+
+class ImageTooLargeError(ImageError):
+    """An image whose header declares more pixels than the limit (a decompression bomb, or a huge photo)."""
+
+
+class UnsupportedImageError(ImageError):
+    """A file that is not an image format this reader accepts (e.g. a GIF or HEIC sent to the API)."""
+
+
+def _format_name(payload: bytes) -> str | None:
+    """The format a file's first bytes announce, for formats a user may send by mistake (None if unknown)."""
+    if payload[:4] == b"RIFF" and payload[8:12] == b"WEBP":
+        return "WebP"
+    if payload[4:8] == b"ftyp" and payload[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif"):
+        return "AVIF" if payload[8:12] == b"avif" else "HEIC"
+    return next((name for magic, name in OTHER_FORMATS.items() if payload.startswith(magic)), None)
+
+
+def open_image(source, *, formats=UPLOAD_FORMATS, max_pixels: int = MAX_PIXELS, name: str | None = None):
+    """Open an image (bytes of an upload, or a file path), check its size, decode it: ``(image, steps, header)``.
+
+    The dimensions are read from the header first (Pillow's ``Image.open`` reads no pixels): more
+    than ``max_pixels`` raises ``ImageTooLargeError`` before anything is decompressed, so a
+    "decompression bomb" (a small file declaring 100000x100000 pixels, 10 GB once decoded) costs
+    nothing. A large JPEG is then decoded at a reduced scale (JPEG can do 1/2, 1/4, 1/8 while it
+    decodes: less time and memory, and the model sees 28x28 pixels anyway). ``formats``: the Pillow
+    format names accepted (``None``: any format Pillow reads). ``steps`` says what was done beyond
+    decoding; ``header`` is what the file declared: ``{"format", "width", "height", "mode"}``.
+    Raises ``UnsupportedImageError`` for another format, ``ImageError`` for an empty, corrupt or
+    truncated file; each message names the file (``name``) and says how to fix it.
+    """
+    import warnings
+    from pathlib import Path
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, (bytes, bytearray)):
+        label = name or "the upload"
+        payload = bytes(source)
+        if not payload:
+            raise ImageError(f"{label} is empty: send the bytes of a PNG or JPEG file")
+        stream = io.BytesIO(payload)
+    else:
+        label = name or str(source)
+        path = Path(source)
+        if path.stat().st_size == 0:
+            raise ImageError(f"{label} is empty (0 bytes): replace it with an image or delete it")
+        with open(path, "rb") as handle:
+            payload = handle.read(16)
+        stream = path
+    accepted = " or ".join(formats) if formats else "an image format Pillow reads"
+    try:
+        with warnings.catch_warnings():  # our own limit (below Pillow's) decides, with a clearer message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream, formats=list(formats) if formats else None)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"{label} declares more pixels than Pillow will ever decode ({error}); "
+                                 f"send an image of at most {max_pixels / 1e6:.0f} megapixels") from error
+    except UnidentifiedImageError as error:
+        kind = _format_name(payload)
+        if kind is not None or not (payload.startswith(PNG_SIGNATURE) or payload.startswith(b"\xff\xd8\xff")):
+            what = f"a {kind} file" if kind else "not an image this reader recognises"
+            raise UnsupportedImageError(f"{label} is {what}; send {accepted}: convert it first (any image "
+                                        "program exports JPEG or PNG)") from error
+        kind = "PNG" if payload.startswith(PNG_SIGNATURE) else "JPEG"
+        raise ImageError(f"{label} is a corrupt or truncated {kind} file and cannot be decoded: "
+                         "re-export it and send the whole file") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{label} is corrupt or truncated and cannot be decoded ({error}): "
+                         "re-export it and send the whole file") from error
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{label} declares {width}x{height} pixels: it holds no image; re-export it")
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLargeError(f"{label} declares {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
+                                 f"at most {max_pixels / 1e6:.0f} megapixels are accepted: downscale it first "
+                                 "(the model sees 28x28 pixels anyway)")
+    header = {"format": image.format or "?", "width": width, "height": height, "mode": image.mode}
+    steps = []
+    if image.format == "JPEG" and min(width, height) >= 2 * DRAFT_SIDE:
+        image.draft(image.mode, (DRAFT_SIDE, DRAFT_SIDE))  # picks the smallest scale keeping both sides >= it
+        if image.size != (width, height):
+            steps.append(f"decoded the {width}x{height} JPEG at reduced scale: {image.size[0]}x{image.size[1]}")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{label} is corrupt or truncated and cannot be decoded ({error}): "
+                         "re-export it and send the whole file") from error
+    return image, steps, header
+
+
+def _to_grey(image, steps: list[str]) -> np.ndarray:
+    """Any Pillow mode -> uint8 greyscale array (H, W); transparency composited onto a contrasting background."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":  # 16-bit ("I;16"), 32-bit integer or float greyscale
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        if low >= 0 and high <= 255:
+            steps.append(f"converted {mode} greyscale to 8-bit (values already 0-255)")
+        elif low >= 0 and high <= 65535:
+            values = values / 257.0
+            steps.append(f"scaled {mode} (16-bit) greyscale 0-65535 to 8-bit 0-255")
+        else:
+            values = (values - low) / max(high - low, 1e-12) * 255.0
+            steps.append(f"stretched {mode} greyscale from {low:g}..{high:g} to 0-255")
+        return np.clip(np.round(values), 0, 255).astype(np.uint8)
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / 255.0  # (H, W), 1 = opaque
+        grey = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float64)
+        if alpha.min() >= 1.0:
+            steps.append(f"converted {mode} to greyscale (fully opaque: alpha dropped)")
+            return grey.astype(np.uint8)
+        visible = float((grey * alpha).sum() / max(alpha.sum(), 1e-12))  # mean brightness of what shows
+        background = 0.0 if visible > LIGHT_BACKGROUND else 255.0
+        steps.append(f"converted {mode} to greyscale; transparent pixels became "
+                     f"{'black' if background == 0 else 'white'} (the visible part's mean brightness is "
+                     f"{visible:.0f} of 255)")
+        return np.round(grey * alpha + background * (1.0 - alpha)).astype(np.uint8)
+    if mode == "L":
+        return np.asarray(image, dtype=np.uint8)
+    names = {"P": "palette", "1": "black-and-white (1-bit)"}
+    steps.append(f"converted {names.get(mode, mode)} to greyscale")
+    grey = image.convert("L") if mode in ("RGB", "1", "L") else image.convert("RGB").convert("L")
+    assert isinstance(grey, Image.Image)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def prepare_image(image) -> tuple[np.ndarray, list[str]]:
+    """A Pillow image of any size and colour mode -> ``(uint8 array (28, 28), steps)``: the model's input.
+
+    Fashion-MNIST, which the model learned from, shows one product, light on a black background,
+    filling a 28x28 square. The same is made from a photo, in this order, each step listed in
+    ``steps`` only when it changed something:
+
+    1. upright: a phone photo's EXIF orientation tag is applied;
+    2. greyscale: RGB, palette, CMYK, 1-bit -> 8-bit grey (ITU-R 601 luma, Pillow's ``convert("L")``);
+       16-bit grey is scaled 0-65535 -> 0-255; transparent pixels become black when the visible
+       part is mostly light, white otherwise (so the product stands out either way);
+    3. inverted when the background is light. The rule: the median brightness of a band along the
+       four edges (1/28 of the shorter side, at least one pixel; the edges of a product photo show
+       the background, and the median ignores a product that touches an edge) above 128 of 255
+       means a light background (a dark-on-light photo);
+    4. cropped to the product: the smallest box holding every pixel at least 32 levels brighter
+       than the background (the border's median), as Fashion-MNIST's images were trimmed;
+    5. padded to a square with the background value, the product centred (the aspect is kept);
+    6. resized to 28x28 (Lanczos, which averages over the pixels each output pixel covers).
+
+    A 28x28 greyscale image with a dark background comes back unchanged, with the step
+    "none: ...". The array is what ``to_tensor`` scales like the training images (/255, then the
+    training mean and standard deviation).
+    """
+    from PIL import Image, ImageOps
+
+    steps: list[str] = []
+    orientation = image.getexif().get(0x0112, 1)  # EXIF "Orientation"
+    if orientation not in (None, 1):
+        image = ImageOps.exif_transpose(image)
+        steps.append(f"rotated upright (EXIF orientation {orientation})")
+    grey = _to_grey(image, steps)  # (H, W) uint8
+    height, width = grey.shape
+    band = max(1, round(min(height, width) * BORDER_SHARE))
+    border = np.concatenate([grey[:band].ravel(), grey[-band:].ravel(), grey[:, :band].ravel(),
+                             grey[:, -band:].ravel()])
+    border_level = float(np.median(border))
+    if border_level > LIGHT_BACKGROUND:
+        grey = 255 - grey
+        steps.append(f"inverted: light background (border median {border_level:.0f} of 255; "
+                     "the model expects a light product on a dark background)")
+        border_level = 255.0 - border_level
+    background = int(round(border_level))
+    if (width, height) != (IMAGE_SIZE, IMAGE_SIZE):
+        rows, columns = np.nonzero(grey.astype(np.int16) >= background + CONTENT_CONTRAST)
+        if len(rows):
+            top, bottom, left, right = rows.min(), rows.max() + 1, columns.min(), columns.max() + 1
+            if (bottom - top, right - left) != (height, width):
+                grey = grey[top:bottom, left:right]
+                steps.append(f"cropped to the product: {right - left}x{bottom - top} of {width}x{height}")
+                height, width = grey.shape
+    if width != height:
+        side = max(width, height)
+        square = np.full((side, side), background, dtype=np.uint8)
+        top, left = (side - height) // 2, (side - width) // 2
+        square[top:top + height, left:left + width] = grey
+        grey = square
+        steps.append(f"padded {width}x{height} to {side}x{side} (background value {background})")
+        width = height = side
+    if (width, height) != (IMAGE_SIZE, IMAGE_SIZE):
+        resized = Image.fromarray(grey, mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+        grey = np.asarray(resized, dtype=np.uint8)
+        steps.append(f"resized {width}x{height} to {IMAGE_SIZE}x{IMAGE_SIZE}")
+    if not steps:
+        steps.append("none: already a 28x28 greyscale image on a dark background")
+    return np.ascontiguousarray(grey, dtype=np.uint8), steps

@@ -6,12 +6,19 @@
     httpx.post(server.url + "/ask", json={"question": "Is it see-through?", "clothing_id": 1078, "k": 3})
 
 ``classifier`` is anything with ``predict_proba(list_of_texts) -> array (N,)`` and a ``threshold``
-(e.g. ``lm4f.nlp.TfidfClassifier``); ``retriever`` has ``search(question, k, clothing_id)`` and
+(e.g. ``lm4f.nlp.TfidfClassifier``; one trained on labels of your own, whose ``labels`` name them,
+answers ``{"label", "probabilities"}`` instead of ``{"recommended", "probability", "threshold"}``);
+``retriever`` has ``search(question, k, clothing_id)`` and
 ``products()`` (e.g. ``lm4f.nlp.ReviewRetriever``). A saved model (``python -m lm4f.train reviews``)
 is served with ``python -m lm4f.serve reviews``. Every request body is typed by a Pydantic model: a
 wrong type, an empty or a too long text, an unknown field or malformed JSON gets a 4xx whose
 ``detail`` says what to send instead, and the server keeps serving. Health, readiness, metrics,
 the request log and the body limit come from ``lm4f.apps.service``.
+
+How much ``/classify`` says is a server setting, ``scores`` (``--scores`` / ``LM4F_SCORES`` of
+``python -m lm4f.serve reviews``): ``"full"`` returns probabilities to 4 decimals, ``"rounded"`` to
+one decimal, ``"label"`` only the decision. Returned probabilities help a membership-inference
+attacker (chapter 8.1.3 measures how much, through this API); fewer digits give them less to work with.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from lm4f.apps.service import ServiceError, create_service
 MAX_TEXT_CHARS = 5000  # the longest review in the data set has about 500 words (< 3,000 characters)
 MAX_K = 20
 MAX_BODY_BYTES = 64 * 1024  # a review of 5,000 characters is at most 20 kB of UTF-8
+SCORES = ("full", "rounded", "label")  # what /classify reveals: probabilities to 4 decimals, to 1 decimal, or none
 WARMUP_TEXT = "Runs a bit small but the fabric is lovely."
 
 EXAMPLES = {
@@ -41,9 +49,17 @@ class ClassifyRequest(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    recommended: bool
-    probability: float = Field(description="P(the reviewer recommends the item), 0 to 1")
-    threshold: float
+    """The course's review model answers ``recommended``, ``probability``, ``threshold``; a model trained on
+    labels of your own answers ``label`` and ``probabilities`` (and ``threshold`` when it has two labels)."""
+
+    recommended: bool | None = Field(None, description="the course's model: does the reviewer recommend the item")
+    probability: float | None = Field(None, description="the course's model: P(the reviewer recommends the item); "
+                                                        "4 decimals, 1 with scores='rounded', absent with 'label'")
+    threshold: float | None = Field(None, description="decision threshold on P(recommended), or on P(second "
+                                                      "label) of a two-label model of your own")
+    label: str | None = Field(None, description="a model trained on your own labels: the predicted label")
+    probabilities: dict[str, float] | None = Field(None, description="a model trained on your own labels: "
+                                                                     "P(label) for each label")
 
 
 class AskRequest(BaseModel):
@@ -66,14 +82,21 @@ class AskResponse(BaseModel):
 
 
 def create_app(classifier, retriever=None, title: str = "Customer-review assistant",
-               max_body_bytes: int = MAX_BODY_BYTES, about: dict | None = None) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, about: dict | None = None, scores: str = "full") -> FastAPI:
     """Build the FastAPI app that serves ``/classify`` and ``/ask`` (plus ``lm4f.apps.service``'s routes).
 
-    ``about`` (e.g. ``SavedModel.about()``) is what ``/ready`` reports about the model.
+    ``about`` (e.g. ``SavedModel.about()``) is what ``/ready`` reports about the model. ``scores`` is
+    what ``/classify`` reveals besides the decision: ``"full"`` (probabilities to 4 decimals),
+    ``"rounded"`` (to 1 decimal) or ``"label"`` (no probability at all); ``/health`` reports it.
     """
+    if scores not in SCORES:
+        raise ValueError(f"scores must be one of {', '.join(SCORES)}, got {scores!r} "
+                         "(the --scores option or LM4F_SCORES of python -m lm4f.serve reviews)")
+    digits = {"full": 4, "rounded": 1, "label": None}[scores]
+    labels = getattr(classifier, "labels", None)  # names of your own labels (lm4f.nlp.TfidfClassifier.labels)
 
     def warmup():
-        classifier.predict_proba([WARMUP_TEXT])
+        (classifier.predict if labels is not None else classifier.predict_proba)([WARMUP_TEXT])
         if retriever is not None:
             retriever.search(WARMUP_TEXT, k=1)
 
@@ -81,14 +104,22 @@ def create_app(classifier, retriever=None, title: str = "Customer-review assista
         title, description="Classify a review (recommends or not) and find the reviews that answer a question.",
         max_body_bytes=max_body_bytes, examples=EXAMPLES, warmup=warmup, about=about,
         body_advice=f"Send one text of at most {MAX_TEXT_CHARS:,} characters.",
-        info=lambda: {"classify": True, "ask": retriever is not None,
-                      "reviews_indexed": 0 if retriever is None else len(retriever.reviews)})
+        info=lambda: {"classify": True, "scores": scores, "ask": retriever is not None,
+                      "reviews_indexed": 0 if retriever is None else len(retriever.reviews),
+                      **({"labels": list(labels)} if labels is not None else {})})
 
-    @app.post("/classify", response_model=ClassifyResponse)
+    @app.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
     def classify(request: ClassifyRequest) -> ClassifyResponse:
+        if labels is not None:
+            probabilities = classifier.probabilities([request.text])[0]  # (labels,)
+            index = int(classifier.predict([request.text])[0])
+            return ClassifyResponse(label=labels[index], threshold=classifier.threshold if len(labels) == 2 else None,
+                                    probabilities=None if digits is None else
+                                    {name: round(float(p), digits) for name, p in zip(labels, probabilities)})
         probability = float(classifier.predict_proba([request.text])[0])
         threshold = float(getattr(classifier, "threshold", 0.5))
-        return ClassifyResponse(recommended=probability >= threshold, probability=round(probability, 4),
+        return ClassifyResponse(recommended=probability >= threshold,
+                                probability=None if digits is None else round(probability, digits),
                                 threshold=threshold)
 
     @app.post("/ask", response_model=AskResponse)

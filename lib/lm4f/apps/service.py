@@ -149,10 +149,11 @@ class BodySizeLimit:
     application the body it has read. ``advice`` ends the 413 message (what a valid request is).
     """
 
-    def __init__(self, app, max_bytes: int, advice: str = ""):
+    def __init__(self, app, max_bytes: int, advice: str = "", route_limits: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
         self.advice = advice
+        self.route_limits = dict(route_limits or {})  # path -> its own limit (an upload route takes more)
 
     async def _refuse(self, scope, send, status: int, detail: str):
         response = error_response(status, detail, scope.get("path", ""))
@@ -162,15 +163,16 @@ class BodySizeLimit:
     async def _drain():
         return {"type": "http.disconnect"}
 
-    def _too_large(self, size: int | None) -> str:
-        shown = f"{size:,} bytes" if size is not None else f"more than {self.max_bytes:,} bytes"
-        return (f"the request body is {shown}; this server accepts at most {self.max_bytes:,} bytes."
+    def _too_large(self, size: int | None, limit: int) -> str:
+        shown = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+        return (f"the request body is {shown}; this server accepts at most {limit:,} bytes."
                 + (f" {self.advice}" if self.advice else ""))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.route_limits.get(scope.get("path", ""), self.max_bytes)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
@@ -179,8 +181,8 @@ class BodySizeLimit:
             except ValueError:
                 await self._refuse(scope, send, 400, f"Content-Length must be a number of bytes, got {declared!r}.")
                 return
-            if size > self.max_bytes:
-                await self._refuse(scope, send, 413, self._too_large(size))
+            if size > limit:
+                await self._refuse(scope, send, 413, self._too_large(size, limit))
                 return
         body = bytearray()
         while True:
@@ -188,8 +190,8 @@ class BodySizeLimit:
             if message["type"] == "http.disconnect":
                 return
             body.extend(message.get("body", b""))
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, send, 413, self._too_large(None))
+            if len(body) > limit:
+                await self._refuse(scope, send, 413, self._too_large(None, limit))
                 return
             if not message.get("more_body", False):
                 break
@@ -342,8 +344,12 @@ class _Readiness:
 def create_service(title: str, *, description: str = "", version: str = "1.0", max_body_bytes: int,
                    body_advice: str = "", info: Callable[[], dict] | None = None,
                    warmup: Callable[[], object] | None = None, about: dict | None = None,
-                   examples: dict[str, str] | None = None, hints: Callable[[str], list[str]] | None = None) -> FastAPI:
+                   examples: dict[str, str] | None = None, hints: Callable[[str], list[str]] | None = None,
+                   route_limits: dict[str, int] | None = None) -> FastAPI:
     """A FastAPI app with the shared machinery (see the module docstring); add the case's routes to it.
+
+    ``max_body_bytes`` limits every request body; ``route_limits`` ({path: bytes}) gives a route its
+    own limit instead (an image upload needs megabytes where a JSON body needs kilobytes).
 
     ``info()`` adds to ``/health``; ``warmup()`` runs once at start-up before ``/ready`` says ready;
     ``about`` (e.g. ``SavedModel.about()``) is what ``/ready`` reports about the model; ``examples``
@@ -361,7 +367,7 @@ def create_service(title: str, *, description: str = "", version: str = "1.0", m
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan,
                   responses=ERROR_RESPONSES)
     metrics = Metrics()
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, advice=body_advice)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, advice=body_advice, route_limits=route_limits)
     app.add_middleware(RequestObserver, routes=app.router.routes, metrics=metrics)  # added last: outermost
     app.state.metrics = metrics
     app.state.readiness = readiness

@@ -72,7 +72,11 @@ SHOP_DIR = Path(__file__).resolve().parent
 
 HANDOFF_REASONS = ("order_lookup", "complaint", "out_of_scope", "human_request")
 KINDS = ("policy", "product", "multi", "typo", "handoff")
-SPLITS = ("dev", "test", "holdout")
+SPLITS = ("dev", "test", "holdout", "holdout2", "holdout3")
+HOLDOUT_FILES = {"holdout": ("holdout.jsonl", "h"), "holdout2": ("holdout2.jsonl", "k"),
+                 "holdout3": ("holdout3.jsonl", "m")}
+"""Each fresh evaluation set: its file and its id prefix. ``holdout`` judged version 2 of the assistant once;
+``holdout2`` was written afterwards, for the next version."""
 HANDOFF_LABELS = ("answer",) + HANDOFF_REASONS
 DEV_SHARE = 0.45
 
@@ -101,9 +105,9 @@ class Passage:
 
 @dataclass(frozen=True)
 class Question:
-    id: str  # "q001"... ("h001"... in the holdout split)
+    id: str  # "q001"... ("h001"... in holdout, "k001"... in holdout2)
     question: str  # as a customer would type it
-    split: str  # "dev", "test" or "holdout"
+    split: str  # "dev", "test", "holdout" or "holdout2"
     passage_ids: tuple[str, ...]  # passages that support the answer; () when handoff
     answer: str  # short reference answer ("" when handoff)
     facts: tuple[str, ...]  # short strings a correct answer must contain; () when handoff
@@ -252,7 +256,7 @@ def passage_by_id() -> dict[str, Passage]:
     return {passage.id: passage for passage in passages()}
 
 
-def _parse_question(path: Path, number: int, row: dict, fix: str, holdout: bool = False) -> Question:
+def _parse_question(path: Path, number: int, row: dict, fix: str, holdout: str | None = None) -> Question:
     where = f"{path}, line {number}"
     expected = {"id": str, "question": str, "split": str, "passage_ids": list, "answer": str, "facts": list,
                 "handoff": bool, "handoff_reason": (str, type(None)), "kind": str}
@@ -267,13 +271,13 @@ def _parse_question(path: Path, number: int, row: dict, fix: str, holdout: bool 
     for name in ("passage_ids", "facts"):
         if not all(isinstance(item, str) and item.strip() for item in row[name]):
             raise ShopDataError(f"{where}: {name!r} must be a list of non-empty strings. Fix: {fix}.")
-    prefix = "h" if holdout else "q"
+    prefix = HOLDOUT_FILES[holdout][1] if holdout else "q"
     if not re.fullmatch(prefix + r"\d{3,}", row["id"]):
         raise ShopDataError(f"{where}: id {row['id']!r} must look like '{prefix}001'. Fix: {fix}.")
     if not row["question"].strip():
         raise ShopDataError(f"{where}: the question is empty. Fix: {fix}.")
-    if holdout and row["split"] != "holdout":
-        raise ShopDataError(f"{where}: every question of this file has split 'holdout'. Fix: {fix}.")
+    if holdout and row["split"] != holdout:
+        raise ShopDataError(f"{where}: every question of this file has split {holdout!r}. Fix: {fix}.")
     if not holdout and row["split"] not in ("dev", "test"):
         raise ShopDataError(f"{where}: split {row['split']!r} must be 'dev' or 'test' (holdout questions live in "
                             f"holdout.jsonl). Fix: run `{SPLIT_COMMAND}`.")
@@ -298,17 +302,20 @@ def _parse_question(path: Path, number: int, row: dict, fix: str, holdout: bool 
 
 
 def questions(split: str | None = None) -> list[Question]:
-    """The labelled customer questions, in file order (``questions.jsonl``, then ``holdout.jsonl``).
+    """The labelled customer questions, in file order (``questions.jsonl``, then ``holdout.jsonl``, then
+    ``holdout2.jsonl``).
 
-    ``split`` is None (all), "dev", "test" or "holdout".
+    ``split`` is None (all), "dev", "test", "holdout" or "holdout2".
     """
     if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be None, 'dev', 'test' or 'holdout', not {split!r}. Tune on 'dev'; 'test' "
-                         "and 'holdout' are for final tables only.")
+        raise ValueError(f"split must be None or one of {SPLITS}, not {split!r}. Tune on 'dev'; the others "
+                         "are for final tables only.")
     result = []
-    for name, holdout in (("questions.jsonl", False), ("holdout.jsonl", True)):
+    files = [("questions.jsonl", None)] + [(name, holdout) for holdout, (name, _) in HOLDOUT_FILES.items()]
+    for name, holdout in files:
         path = _shop_dir() / name
-        if split is not None and (split == "holdout") != holdout:
+        in_file = (holdout,) if holdout else ("dev", "test")
+        if split is not None and split not in in_file:
             continue
         rows = _read_jsonl(path, _restore_hint(path))
         fix = f"edit that line (see README.md in {_display(path.parent)}), then run `{CHECK_COMMAND}`"
@@ -395,7 +402,7 @@ def check() -> dict:
                                 f"{list(question.passage_ids)}")
         if question.kind == "multi" and len(set(question.passage_ids)) < 2:
             problems.append(f"{question.id}: a 'multi' question must cite 2 or more passages")
-    split_items = [question for question in items if question.split != "holdout"]
+    split_items = [question for question in items if question.split not in HOLDOUT_FILES]
     rule = split_rule(split_items)
     moved = [question.id for question in split_items if question.split != rule[question.id]]
     if moved:
@@ -437,7 +444,7 @@ def check() -> dict:
 def _write_splits() -> int:
     """Rewrite the ``split`` field of questions.jsonl by :func:`split_rule`; return how many changed."""
     path = _shop_dir() / "questions.jsonl"
-    items = [question for question in questions() if question.split != "holdout"]
+    items = [question for question in questions() if question.split not in HOLDOUT_FILES]
     rule = split_rule(items)
     changed = sum(question.split != rule[question.id] for question in items)
     lines = []
