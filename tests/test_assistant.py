@@ -19,6 +19,18 @@ from lm4f.retrieval import REBUILD_COMMAND, IndexFileError, Passage, build_index
 ITEMS = ("1078", "862", "936", "829")
 
 
+class Counting:
+    """The encoder, counting how often it runs (a question must be encoded once, whoever reads it)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+        self.max_seq_length = inner.max_seq_length
+
+    def encode(self, texts, **options):
+        self.calls += 1
+        return self.inner.encode(texts, **options)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     passages = [p for p in shop.passages() if not p.id.startswith("product-") or p.id.split("-")[1] in ITEMS]
@@ -269,15 +281,6 @@ def test_the_intent_classifier_is_saved_with_the_index_and_checked(setup, intent
     text = next(iter(INTENT_CASES))
     assert loaded.probabilities(text) == pytest.approx(intent.probabilities(text))
 
-    class Counting:  # the encoder, counting how often a text is encoded
-        def __init__(self, inner):
-            self.inner, self.calls = inner, 0
-            self.max_seq_length = inner.max_seq_length
-
-        def encode(self, texts, **options):
-            self.calls += 1
-            return self.inner.encode(texts, **options)
-
     counting = Counting(encoder)
     bot = A.Assistant.from_index(load_index(folder, encoder=counting))
     assert bot.handoff.intent is not None
@@ -416,15 +419,6 @@ def test_a_multi_part_question_and_its_parts_are_encoded_in_one_batch(setup, tmp
     index = load_index(folder, encoder=encoder)
     A.save_examples(index, A.ExampleBank.from_questions([q for q in setup["dev"] if not q.handoff], encoder))
     save_settings(index, {**index.settings, "extractive": {"aspect_examples": 1.0, "policy_examples": 0.5}})
-
-    class Counting:  # the encoder, counting how often it runs
-        def __init__(self, inner):
-            self.inner, self.calls = inner, 0
-            self.max_seq_length = inner.max_seq_length
-
-        def encode(self, texts, **options):
-            self.calls += 1
-            return self.inner.encode(texts, **options)
 
     counting = Counting(encoder)
     bot = A.Assistant.from_index(load_index(folder, encoder=counting))
