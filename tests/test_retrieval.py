@@ -177,3 +177,28 @@ def test_dense_query_embeddings_are_kept_for_the_next_reader_and_read_only(small
         dense.embed_query(f"question {i}")
     assert len(dense._recent) == dense.QUERY_CACHE and "Can I return a dress?" not in dense._recent
     assert np.allclose(dense.embed_query("Can I return a dress?"), first)
+
+
+def test_queries_go_through_the_traced_encoder_with_the_plain_encoders_embeddings(small_index, encoder):
+    from lm4f.nlp import TracedEncoder, embed
+
+    dense = small_index.retriever("dense")
+    assert isinstance(dense.encoder, TracedEncoder) and small_index.get_query_encoder() is dense.encoder
+    texts = ["Can I return a dress?", "wash a cashmere sweater in cold water, and do you ship to Canada?",
+             "ok", "word " * 300]  # padding inside one batch, and a text cut at max_seq_length
+    expected = embed(encoder, texts)
+    np.testing.assert_allclose(embed(dense.encoder, texts), expected, atol=1e-5)
+    np.testing.assert_allclose(np.stack([embed(dense.encoder, [t])[0] for t in texts]), expected, atol=1e-5)
+    assert embed(dense.encoder, []).shape == (0, 384)
+    plain = retrieval.DenseRetriever(encoder, small_index.embeddings, small_index.passages)
+    for query in ("free shipping over $75?", "wash a cashmere sweater"):
+        assert [h.id for h in dense.search(query, 3)] == [h.id for h in plain.search(query, 3)]
+
+
+def test_a_test_double_encoder_is_used_as_it_is(tmp_path):
+    class Double:
+        def encode(self, texts, **_):
+            return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    index = build_index(FIXTURE[:3], tmp_path / "index", Double())
+    assert isinstance(index.get_query_encoder(), Double)
