@@ -167,12 +167,22 @@ class TfidfClassifier:
         self._check_fitted()
         return len(self.pipeline[-1].classes_)
 
+    def features(self, texts):
+        """The TF-IDF features of ``texts``, sparse (N, F): words then characters, as the pipeline's
+        ``FeatureUnion`` stacks them. Each vectoriser is called directly: the union's own ``transform``
+        first sets up joblib, which costs more than the work for the one text a web request brings."""
+        from scipy import sparse
+
+        self._check_fitted()
+        return sparse.hstack([vectoriser.transform(texts) for _, vectoriser in self.pipeline[0].transformer_list],
+                             format="csr")
+
     def probabilities(self, texts) -> np.ndarray:
         """P(label) for every label, shape (N, labels); rows sum to 1."""
         self._check_fitted()
         if isinstance(texts, str):
             raise TypeError("probabilities takes a list of texts; wrap one text as [text].")
-        return self.pipeline.predict_proba(list(texts))
+        return self.pipeline[-1].predict_proba(self.features(list(texts)))
 
     def predict_proba(self, texts) -> np.ndarray:
         """P(label 1) per text, shape (N,): P(recommended) for the course's model. Two labels only."""
@@ -184,7 +194,7 @@ class TfidfClassifier:
     def decision_function(self, texts) -> np.ndarray:
         """The logistic regression's logit per text, shape (N,)."""
         self._check_fitted()
-        return self.pipeline.decision_function(list(texts))
+        return self.pipeline[-1].decision_function(self.features(list(texts)))
 
     def tune_threshold(self, texts, labels) -> float:
         self.threshold = best_threshold(self.predict_proba(texts), labels)

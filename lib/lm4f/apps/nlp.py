@@ -108,8 +108,10 @@ def create_app(classifier, retriever=None, title: str = "Customer-review assista
                       "reviews_indexed": 0 if retriever is None else len(retriever.reviews),
                       **({"labels": list(labels)} if labels is not None else {})})
 
+    # TF-IDF and a linear model answer in about a millisecond: the route runs on the event loop, since a worker
+    # thread's hand-off and GIL contention would cost more than the model (/ask's MiniLM stays on a thread).
     @app.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
-    def classify(request: ClassifyRequest) -> ClassifyResponse:
+    async def classify(request: ClassifyRequest) -> ClassifyResponse:
         if labels is not None:
             probabilities = classifier.probabilities([request.text])[0]  # (labels,)
             index = int(classifier.predict([request.text])[0])

@@ -121,10 +121,12 @@ def create_app(recommender, max_body_bytes: int = MAX_BODY_BYTES, about: dict | 
         return f"Known ids run from {min(ids)} to {max(ids)}"
 
     @app.get("/popular", response_model=RecommendResponse)
-    def popular(k: int = Query(10, ge=1, le=MAX_K, description=f"how many movies to return (1..{MAX_K})")):
+    async def popular(k: int = Query(10, ge=1, le=MAX_K, description=f"how many movies to return (1..{MAX_K})")):
         return RecommendResponse(user_id=None, strategy="popularity", items=movies(recommender.popular(k)))
 
-    def recommend(request):
+    # One forward pass of the small sequence model takes one to two milliseconds: the route runs on the event loop,
+    # since a worker thread's hand-off and GIL contention would cost more than the model.
+    async def recommend(request):
         if request.user_id is not None:
             if request.user_id not in recommender.known_users:
                 shown = repr(request.user_id) if own_ids else request.user_id
