@@ -48,9 +48,64 @@ def test_stub_and_solution_notebooks_have_the_same_cells_apart_from_the_answers(
 # ---- typical wrong answers get a specific, helpful message --------------------------------
 
 
+def test_stubs_and_hints_ask_for_the_derivation_not_give_the_formula():
+    import json
+
+    stub = json.loads(EXERCISES.read_text())["cells"]
+    text = "".join("".join(c["source"]) for c in stub)
+    for formula in ("1 - tanh", "grad_out @ weight.T", "x.T @ grad_out", "onehot", "momentum * velocity",
+                    "(2 eps)", "2 * eps"):
+        assert formula not in text, formula
+    _, checks = namespace_and_checks(EXERCISES)
+    hints = " ".join(str(c.error) for c in checks[:N_EXERCISES])
+    for formula in ("1 - tanh", "weight.T", "x.T @", "one-hot labels", "momentum * velocity", "(2 * eps)"):
+        assert formula not in hints, formula
+
+
 def test_wrong_tanh_backward_fails_with_hint():
-    with pytest.raises(ExerciseError, match="1 - tanh"):
+    with pytest.raises(ExerciseError, match="in terms of tanh"):
         ch03.check_tanh_backward(lambda x, g: g * (1 - x ** 2))  # used x instead of tanh(x)
+
+
+def _by_autograd(x, grad_out):
+    import torch
+
+    t = torch.tensor(x, requires_grad=True)
+    torch.tanh(t).backward(torch.tensor(grad_out))
+    return t.grad.numpy()
+
+
+def test_answers_that_let_pytorch_do_the_work_fail():
+    import torch
+
+    with pytest.raises(ExerciseError, match="Exercise 3.1: your answer calls torch.Tensor.backward"):
+        ch03.check_tanh_backward(_by_autograd)
+    assert torch.Tensor.backward.__name__ == "backward"  # put back afterwards
+    np.testing.assert_allclose(_by_autograd(np.zeros(2), np.ones(2)), np.ones(2))
+
+    def via_torch_softmax(z, y):
+        p = torch.softmax(torch.tensor(z), dim=1).numpy()
+        p[np.arange(len(y)), y] -= 1
+        return p / len(y)
+
+    with pytest.raises(ExerciseError, match="torch.softmax"):
+        ch03.check_softmax_cross_entropy_backward(via_torch_softmax)
+
+    def via_sgd(param, grad, velocity, lr, momentum, weight_decay):
+        weights = torch.tensor(param, requires_grad=True)
+        optimizer = torch.optim.SGD([weights], lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return param, velocity, optimizer
+
+    with pytest.raises(ExerciseError, match="torch.optim.SGD"):
+        ch03.check_sgd_momentum_step(via_sgd)  # the name is in the code: refused before it runs
+
+    def exact_gradient_by_autograd(f, x, eps=1e-5):
+        t = torch.tensor(x, requires_grad=True)
+        (torch.sin(t) * 0).sum().backward()
+        return t.grad.numpy()
+
+    with pytest.raises(ExerciseError, match="Exercise 3.5"):
+        ch03.check_numerical_gradient(exact_gradient_by_autograd)
 
 
 def test_linear_backward_wrong_shapes_and_missing_outputs():
@@ -81,7 +136,7 @@ def test_sgd_step_without_weight_decay_fails():
         velocity = momentum * velocity + grad
         return param - lr * velocity, velocity
 
-    with pytest.raises(ExerciseError, match="weight_decay"):
+    with pytest.raises(ExerciseError, match="penalty"):
         ch03.check_sgd_momentum_step(no_decay)
 
 
@@ -107,5 +162,5 @@ def test_numerical_gradient_that_forgets_to_restore_x_is_caught():
             grad[index] = (f(shifted) - base) / eps
         return grad
 
-    with pytest.raises(ExerciseError, match="central"):
+    with pytest.raises(ExerciseError, match="eps\\*\\*2"):
         ch03.check_numerical_gradient(one_sided)  # error of order eps: too large for the tolerance
