@@ -1,5 +1,6 @@
-"""lm4f.transformer and lm4f.text: shapes, causality, fused == plain, sampling, FLOPs,
-checkpoint resume, and the real MiniLM weights in our encoder against transformers."""
+"""lm4f.transformer, lm4f.training and lm4f.text: shapes, causality, fused == plain, sampling
+knobs, FLOPs, the training loop's hook and schedule, checkpoint resume, and the real MiniLM
+weights in our encoder against transformers."""
 
 import os
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from lm4f.text import CharTokenizer, encode_corpus, get_batch, review_corpus
-from lm4f.transformer import (GPT, GPTConfig, attention, load_checkpoint, load_minilm, make_optimizer,
-                              peak_flops, save_checkpoint, train_steps)
+from lm4f.training import load_checkpoint, lr_at, make_optimizer, peak_flops, save_checkpoint, train_steps
+from lm4f.transformer import GPT, GPTConfig, attention, load_minilm, next_token_probs
 
 CONFIG = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=32)
 
@@ -72,6 +73,55 @@ def test_generate_lengths_greedy_and_top_k():
     a = model.generate(start, 10, generator=torch.Generator().manual_seed(3))
     b = model.generate(start, 10, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_sampling_knobs():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.allclose(next_token_probs(logits), torch.tensor([[0.5, 0.3, 0.15, 0.05]]), atol=1e-6)
+    # top-p keeps the smallest prefix reaching p: 0.5 + 0.3 = 0.8 >= 0.7 -> two tokens, renormalised
+    assert torch.allclose(next_token_probs(logits, top_p=0.7), torch.tensor([[0.625, 0.375, 0, 0]]), atol=1e-6)
+    assert torch.allclose(next_token_probs(logits, top_p=0.8001), torch.tensor([[0.5, 0.3, 0.15, 0]]) / 0.95, atol=1e-6)
+    assert torch.equal(next_token_probs(logits, top_p=0.1), torch.tensor([[1.0, 0, 0, 0]]))   # the top token stays
+    assert torch.allclose(next_token_probs(logits, top_k=2), next_token_probs(logits, top_p=0.7), atol=1e-6)
+    cold, hot = next_token_probs(logits, temperature=0.5), next_token_probs(logits, temperature=2.0)
+    assert cold[0, 0] > 0.5 > hot[0, 0] and torch.allclose(cold.sum(), torch.tensor(1.0))
+    assert torch.allclose(cold, torch.tensor([[25, 9, 2.25, 0.25]]) / 36.5, atol=1e-6)   # p^(1/T), renormalised
+    with pytest.raises(ValueError, match="top_p"):
+        next_token_probs(logits, top_p=0)
+    with pytest.raises(ValueError, match="greedy"):
+        next_token_probs(logits, temperature=0)
+    model = tiny_gpt()                                      # top_p=1 changes nothing in generate
+    start = torch.zeros(1, 1, dtype=torch.long)
+    assert torch.equal(model.generate(start, 12, top_p=1.0, generator=torch.Generator().manual_seed(5)),
+                       model.generate(start, 12, generator=torch.Generator().manual_seed(5)))
+
+
+def test_train_steps_hook_schedule_and_stop():
+    ids = torch.randint(96, (5000,), generator=torch.Generator().manual_seed(0))
+    model = tiny_gpt()
+    optimizer = make_optimizer(model, lr=1e-2)
+    seen = []
+
+    def hook(step, loss, seconds):
+        seen.append((step, loss, seconds, optimizer.param_groups[0]["lr"]))
+        model.eval()                                        # an evaluation would do this
+        return step == 6                                    # stop after step 6
+
+    losses = train_steps(model, optimizer, ids, 20, batch_size=4, generator=torch.Generator().manual_seed(1),
+                         start_step=3, total_steps=20, max_lr=1e-2, warmup_steps=5, hook=hook)
+    assert [row[0] for row in seen] == [3, 4, 5, 6] and losses == [row[1] for row in seen]
+    assert all(row[2] > 0 for row in seen) and model.training
+    assert [row[3] for row in seen] == [lr_at(step, 1e-2, 5, 20) for step in (3, 4, 5, 6)]
+    assert lr_at(4, 1e-2, 5, 20) == pytest.approx(1e-2) and lr_at(19, 1e-2, 5, 20) < 2e-3
+    assert lr_at(100, 1e-2, 5, 20) == pytest.approx(1e-3)   # cosine ends at min_ratio * max_lr
+
+
+def test_training_loop_learns():
+    text = torch.tensor([0, 1, 2, 3] * 500)                 # a pattern a GPT must learn
+    model = tiny_gpt()
+    losses = train_steps(model, make_optimizer(model, lr=1e-2), text, 60, batch_size=8,
+                         generator=torch.Generator().manual_seed(0), max_lr=1e-2, warmup_steps=5)
+    assert losses[0] > 4 and losses[-1] < 0.1
 
 
 def test_parameter_count_and_flops():
@@ -155,3 +205,12 @@ def test_minilm_in_our_encoder_matches_transformers():
     theirs = SentenceTransformer(folder, device="cpu").encode(sentences, convert_to_tensor=True)
     assert (mine - theirs).abs().max().item() < 1e-5
     assert torch.allclose(mine.norm(dim=-1), torch.ones(3), atol=1e-6)
+
+
+def test_training_names_still_importable_from_transformer():
+    # Notebooks written before lm4f.training existed import these from lm4f.transformer: same objects.
+    import lm4f.training
+    import lm4f.transformer
+
+    for name in lm4f.training.__all__:
+        assert getattr(lm4f.transformer, name) is getattr(lm4f.training, name), name

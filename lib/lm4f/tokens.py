@@ -1,4 +1,5 @@
-"""Tokens (chapter 4.3, `ch04_3_bpe_tokens`): a byte-level BPE tokeniser trained offline, Chinese text, bits per character.
+"""Tokens (chapter 4.3, `ch04_3_bpe_tokens`): a byte-level BPE tokeniser trained offline, Chinese text,
+bits per character.
 
     from lm4f.tokens import train_bpe, pieces, bits_per_character
     bpe = train_bpe(lines, vocab_size=2000)          # a tokenizers.Tokenizer, trained in seconds on a CPU

@@ -9,7 +9,7 @@ GPT (chapter 4.3, reused by chapters 8-10)::
                                             # logits: (B, T, vocab_size) always (also at inference)
                                             # loss: mean cross-entropy, or None without targets
     model.num_params()                      # parameters, position embeddings excluded by default
-    model.generate(idx, max_new_tokens=200, temperature=0.8, top_k=20)   # (B, T + new) int64
+    model.generate(idx, max_new_tokens=200, temperature=0.8, top_k=20, top_p=0.95)  # (B, T + new)
     model.flops_per_token()                 # training FLOPs per token (6 N + attention, see below)
     model.estimate_mfu(tokens_per_second, device)   # model FLOPs utilisation, 0..1
 
@@ -20,10 +20,8 @@ BERT-style encoder (chapter 4.3: the real all-MiniLM-L6-v2 weights in code writt
     hidden = encoder(input_ids, attention_mask)      # (B, T, 384) token embeddings
     sentences = encoder.sentence_embeddings(input_ids, attention_mask)   # (B, 384), unit length
 
-Training helpers shared by the chapter, the benchmark and the tests: ``make_optimizer``,
-``lr_at`` (warm-up + cosine), ``train_steps`` (one code path: CPU float32, or GPU with bf16
-autocast), ``save_checkpoint`` / ``load_checkpoint`` (resume gives identical weights), and
-``PEAK_FLOPS`` / ``peak_flops(device)`` for model FLOPs utilisation.
+Training lives in ``lm4f.training`` (``make_optimizer``, ``lr_at``, ``train_steps``, checkpoints,
+``peak_flops``); those names are also importable from here, for the notebooks that import them so.
 
 Attention has a fast path (PyTorch's fused ``scaled_dot_product_attention``) and a plain
 fallback written out step by step (``attention(..., fused=False)``); both give the same numbers.
@@ -32,15 +30,17 @@ fallback written out step by step (``attention(..., fused=False)``); both give t
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lm4f.training import (PEAK_FLOPS, load_checkpoint, lr_at, make_optimizer, peak_flops,  # noqa: F401
+                           save_checkpoint, train_steps)
+
 __all__ = [
-    "attention", "GPTConfig", "GPT", "BertConfig", "BertEncoder", "load_minilm", "mean_pool",
+    "attention", "next_token_probs", "GPTConfig", "GPT", "BertConfig", "BertEncoder", "load_minilm", "mean_pool",
     "make_optimizer", "lr_at", "train_steps", "save_checkpoint", "load_checkpoint",
     "PEAK_FLOPS", "peak_flops",
 ]
@@ -220,11 +220,13 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None):
+                 top_p: float | None = None, generator: torch.Generator | None = None):
         """Append ``max_new_tokens`` sampled tokens to idx (B, T); returns (B, T + max_new_tokens).
 
+        The knobs act on the next-token distribution in this order (see ``next_token_probs``):
         ``temperature`` divides the logits (below 1: safer, above 1: wilder; 0: always the most
-        likely token). ``top_k`` keeps only the k most likely tokens before sampling.
+        likely token), ``top_k`` keeps the k most likely tokens, ``top_p`` keeps the smallest set of
+        most likely tokens whose probabilities add up to at least p (nucleus sampling).
         """
         was_training = self.training
         self.eval()
@@ -235,144 +237,37 @@ class GPT(nn.Module):
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)               # (B, 1)
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
+                probs = next_token_probs(logits, temperature, top_k, top_p)
                 next_id = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
             idx = torch.cat([idx, next_id], dim=1)
         self.train(was_training)
         return idx
 
 
-# =============================================================================================
-# Peak FLOP/s per device, for model FLOPs utilisation
-# =============================================================================================
+def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+    """Sampling probabilities (..., vocab) from logits (..., vocab): temperature, then top-k, then top-p.
 
-# Dense (no sparsity) tensor-core peaks from the vendors' data sheets, bf16 unless noted.
-PEAK_FLOPS = {
-    "H100 SXM": 989e12,
-    "H100 PCIe": 756e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "T4": 65e12,          # fp16 (no bf16 on T4)
-}
-CPU_GHZ = 2.5             # a stated estimate for a server core
-CPU_FLOPS_PER_CYCLE = 32  # fp32: 2 FMA units x 8 lanes (AVX2) x 2 FLOPs per FMA
-
-
-def peak_flops(device=None) -> tuple[str, float]:
-    """(name, peak FLOP/s) for ``device``. For a CPU it is an estimate:
-    threads x 2.5 GHz x 32 fp32 FLOPs per cycle (AVX2 with two FMA units)."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        if "H100" in name:
-            key = "H100 PCIe" if "PCIe" in name else "H100 SXM"
-        else:
-            key = next((k for k in PEAK_FLOPS if k in name), None)
-        if key is None:
-            raise KeyError(f"No peak FLOP/s known for GPU {name!r}: add it to lm4f.transformer.PEAK_FLOPS "
-                           "from the vendor's data sheet (dense bf16).")
-        return key, PEAK_FLOPS[key]
-    threads = torch.get_num_threads()
-    return (f"CPU estimate ({threads} threads x {CPU_GHZ} GHz x {CPU_FLOPS_PER_CYCLE} FLOP/cycle)",
-            threads * CPU_GHZ * 1e9 * CPU_FLOPS_PER_CYCLE)
-
-
-# =============================================================================================
-# Training helpers: optimiser, schedule, steps, checkpoints
-# =============================================================================================
-
-
-def make_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95)):
-    """AdamW with weight decay on matrices only (not on biases, LayerNorm gains)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    fused = any(p.is_cuda for p in decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
-
-
-def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
-    """Linear warm-up to ``max_lr`` over ``warmup_steps``, then cosine decay to min_ratio * max_lr."""
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return max_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def train_steps(model, optimizer, train_ids, steps: int, batch_size: int, generator: torch.Generator,
-                start_step: int = 0, total_steps: int | None = None, max_lr: float = 1e-3,
-                warmup_steps: int = 0, grad_clip: float | None = 1.0, device=None,
-                autocast_dtype: torch.dtype | None = None) -> list[float]:
-    """Run ``steps`` optimiser steps from ``start_step``; return the training loss of each step.
-
-    Batches are drawn from ``train_ids`` with ``generator`` (its state is part of a checkpoint,
-    so a resumed run draws the same batches). ``autocast_dtype=torch.bfloat16`` trains in mixed
-    precision (the weights and the optimiser stay float32).
+    ``temperature`` > 0 divides the logits. ``top_k``: tokens below the k-th largest logit get
+    probability 0. ``top_p`` (0 < p <= 1): sort the probabilities, keep the smallest prefix whose sum
+    reaches p (the most likely token is always kept), renormalise.
     """
-    from lm4f.text import get_batch
-
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    block_size = getattr(model, "_orig_mod", model).config.block_size
-    total_steps = total_steps or start_step + steps
-    losses = []
-    model.train()
-    for step in range(start_step, start_step + steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, max_lr, warmup_steps, total_steps)
-        x, y = get_batch(train_ids, batch_size, block_size, generator)      # (B, T) each
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
-                            enabled=autocast_dtype is not None):
-            _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def save_checkpoint(path, model, optimizer, step: int, generator: torch.Generator | None = None) -> None:
-    """Save everything a resumed run needs: weights, optimiser state, step and RNG states."""
-    raw = getattr(model, "_orig_mod", model)                               # unwrap torch.compile
-    state = {
-        "config": asdict(raw.config),
-        "model": raw.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "torch_rng": torch.get_rng_state(),                                # dropout draws
-        "batch_rng": generator.get_state() if generator is not None else None,
-    }
-    folder = os.path.dirname(os.fspath(path))
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    torch.save(state, path)
-
-
-def load_checkpoint(path, model=None, optimizer=None, generator: torch.Generator | None = None):
-    """Load a checkpoint written by ``save_checkpoint``; returns ``(model, step)``.
-
-    With ``model=None`` a new GPT is built from the stored config. The optimiser and the batch
-    generator, when given, get their stored state back.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if model is None:
-        model = GPT(GPTConfig(**state["config"]))
-    getattr(model, "_orig_mod", model).load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if generator is not None and state["batch_rng"] is not None:
-        generator.set_state(state["batch_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return model, state["step"]
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 here, got {temperature}; for greedy decoding take the argmax "
+                         "(generate(..., temperature=0) does).")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[..., [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs           # mass of the more likely tokens
+        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
 
 
 # =============================================================================================
