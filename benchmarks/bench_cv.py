@@ -66,15 +66,15 @@ def run():
     test_x, test_y = vision.to_tensor(test_u8), torch.from_numpy(test_labels)
     model = lm4f.pick(ci=vision.ProductCNN(), full=vision.SmallResNet((64, 128, 256), blocks=2, pool_stem=False))
     context = {"device": str(device), "train_images": images, "model": type(model).__name__,
-               "params": vision.parameter_count(model)}
+               "params": lm4f.count_parameters(model)}
     figures = step_times()
     started = time.perf_counter()
 
     def evaluate(trained):
-        return {"test_accuracy": vision.accuracy(trained, test_x, test_y),
+        return {"test_accuracy": vision.classifier_accuracy(trained, test_x, test_y),
                 "wall_s": time.perf_counter() - started}
 
-    history = vision.fit(model, train_x, train_y, epochs=epochs, batch_size=lm4f.pick(ci=128, full=512),
+    history = vision.train_classifier(model, train_x, train_y, epochs=epochs, batch_size=lm4f.pick(ci=128, full=512),
                          lr=3e-3, use_augmentation=lm4f.FULL_SIZE,
                          label_smoothing=lm4f.pick(ci=0.0, full=0.1), evaluate=evaluate)
     for row in history:

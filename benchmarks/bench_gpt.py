@@ -16,7 +16,7 @@ import torch
 import lm4f
 from lm4f.text import encode_corpus, get_batch
 from lm4f.training import make_optimizer, peak_flops, train_steps
-from lm4f.transformer import GPT, GPTConfig
+from lm4f.gpt import GPT, GPTConfig
 
 BUDGET_S = float(os.environ.get("LM4F_BENCH_SECONDS", "60"))
 PROBE_STEPS, UNTIMED_STEPS, WARMUP_STEPS = 10, 5, 20

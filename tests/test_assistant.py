@@ -195,7 +195,7 @@ def test_evaluate_scores_every_metric_with_intervals(setup):
     no_policy = A.Assistant(setup["bot"].retriever, setup["bot"].backend, A.HandoffPolicy(enabled=False))
     without = A.evaluate(no_policy, questions, resamples=200)
     assert math.isnan(without["metrics"]["handoff_f1"]["value"]) or without["metrics"]["handoff_f1"]["value"] == 0
-    compared = A.compare(report, without, metric="correct", resamples=200)
+    compared = A.compare_reports(report, without, metric="correct", resamples=200)
     assert compared["questions"] == metrics["correctness"]["n"] and compared["difference"] <= 0.0 + 1e-9
 
 
@@ -303,10 +303,10 @@ def test_compare_hand_off_f1_is_paired_over_the_same_questions():
     gold = [True] * 10 + [False] * 30
     perfect = report([(g, g) for g in gold])
     half = report([(g and i % 2 == 0, g) for i, g in enumerate(gold)])  # recall 0.5, precision 1
-    result = A.compare(perfect, half, metric="handoff_f1", resamples=300)
+    result = A.compare_reports(perfect, half, metric="handoff_f1", resamples=300)
     assert result["questions"] == 40 and result["difference"] == pytest.approx(1.0 - 2 * 5 / (2 * 5 + 5))
     assert 0 < result["low"] <= result["difference"] <= result["high"] and result["p_a_not_better"] < 0.05
-    assert A.compare(half, half, metric="handoff_recall")["difference"] == 0.0
+    assert A.compare_reports(half, half, metric="handoff_recall")["difference"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------

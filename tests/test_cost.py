@@ -22,7 +22,7 @@ def test_minilm_formula_matches_the_real_checkpoint():
     weights = load_file(str(minilm_path() / "model.safetensors"))
     # position_ids is a buffer stored in the file, not a parameter
     in_file = sum(array.size for name, array in weights.items() if not name.endswith("position_ids"))
-    assert in_file == cost.count_params("all-MiniLM-L6-v2") == 22_713_216
+    assert in_file == cost.architecture_params("all-MiniLM-L6-v2") == 22_713_216
 
 
 @pytest.mark.parametrize("layers,hidden,intermediate", [(2, 64, 128), (3, 96, 256)])
@@ -42,7 +42,7 @@ def test_gpt2_formula_matches_transformers_gpt2_and_published_size():
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=500, n_positions=64, n_embd=48, n_layer=3, n_head=4))
     assert trainable(model) == cost.gpt2_params(500, 48, 3, 64)  # tied head counted once
-    assert cost.count_params("GPT-2 small") == 124_439_808  # the published 124M
+    assert cost.architecture_params("GPT-2 small") == 124_439_808  # the published 124M
 
 
 def test_llama_formula_matches_transformers_llama_and_published_sizes():
@@ -51,8 +51,8 @@ def test_llama_formula_matches_transformers_llama_and_published_sizes():
     config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                          num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
     assert trainable(LlamaForCausalLM(config)) == cost.llama_params(300, 64, 2, 160, 8, 2)
-    assert cost.count_params("Llama-2-7B") == 6_738_415_616
-    assert cost.count_params("Llama-3-8B") == 8_030_261_248
+    assert cost.architecture_params("Llama-2-7B") == 6_738_415_616
+    assert cost.architecture_params("Llama-3-8B") == 8_030_261_248
 
 
 def test_memory_flops_time_and_money_are_consistent():
@@ -268,3 +268,26 @@ def test_bad_route_inputs_give_clear_messages():
         cost.break_even_requests(route, cost.ApiRoute.per_request("own", 1.0))
     with pytest.raises(TypeError, match="routes must be"):
         cost.break_even_requests(route, 0.057)
+
+
+@pytest.mark.parametrize("device_name, card", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H200", "H200 SXM"),
+    ("NVIDIA A100-SXM4-40GB", "A100 80GB"), ("NVIDIA A100 80GB PCIe", "A100 80GB"), ("NVIDIA L4", "L4"),
+    ("NVIDIA A10", "A10"), ("Tesla T4", "T4"), ("NVIDIA GeForce RTX 4090", "RTX 4090"),
+    ("NVIDIA L40S", None), ("NVIDIA A10G", None), ("NVIDIA GeForce RTX 3090", None),
+])
+def test_gpu_for_device_finds_the_card_by_its_cuda_name(device_name, card):
+    found = cost.gpu_for_device(device_name)
+    assert (found.name if found else None) == card
+
+
+def test_peak_flops_of_a_gpu_comes_from_the_one_gpu_table(monkeypatch):
+    import torch
+
+    from lm4f.training import peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert peak_flops("cuda") == ("H100 PCIe", cost.GPUS["H100 PCIe"].peak_tflops * 1e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40S")
+    with pytest.raises(KeyError, match="add it to lm4f.cost.GPUS"):
+        peak_flops("cuda")

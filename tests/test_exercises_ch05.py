@@ -160,7 +160,7 @@ def test_parameter_count_check_passes_the_formula_and_names_the_usual_mistakes()
 
 def test_parameter_count_by_building_the_module_or_calling_lm4f_cost_fails():
     from lm4f.cost import gpt2_params
-    from lm4f.transformer import GPT, GPTConfig
+    from lm4f.gpt import GPT, GPTConfig
 
     def builds(vocab, context, d, heads, layers):
         return sum(p.numel() for p in GPT(GPTConfig(vocab, context, layers, heads, d)).parameters())

@@ -81,14 +81,14 @@ def test_train_epochs_learns_a_linear_rule():
 
 
 def test_compare_passes_close_and_fails_wrong_with_hint(capsys):
-    assert checks.compare("same", np.ones(3), np.ones(3)) == 0.0
+    assert checks.check_close("same", np.ones(3), np.ones(3)) == 0.0
     assert "exact" in capsys.readouterr().out
     with pytest.raises(checks.ExerciseError, match="hint: flip the sign"):
-        checks.compare("sign", -np.ones(3), np.ones(3), hint="hint: flip the sign")
+        checks.check_close("sign", -np.ones(3), np.ones(3), hint="hint: flip the sign")
     with pytest.raises(checks.ExerciseError, match="shape"):
-        checks.compare("shape", np.ones(2), np.ones(3))
+        checks.check_close("shape", np.ones(2), np.ones(3))
     with pytest.raises(checks.ExerciseError, match="returned None"):
-        checks.compare("none", None, np.ones(3))
+        checks.check_close("none", None, np.ones(3))
 
 
 def test_run_check_turns_stub_into_failed_verdict():

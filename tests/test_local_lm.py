@@ -72,7 +72,7 @@ def trained(tokenizer, examples, tmp_path_factory):
     """A tiny model trained for a few steps on the fixture, and the folder it was saved to."""
     torch.set_num_threads(1)
     model = local_lm.build_tiny_model(tokenizer, size="test", seed=0)
-    history = local_lm.train(model, tokenizer, examples, steps=30, batch_size=4, lr=3e-3, seed=0, max_length=256,
+    history = local_lm.fine_tune(model, tokenizer, examples, steps=30, batch_size=4, lr=3e-3, seed=0, max_length=256,
                              device="cpu", progress=False)
     folder = tmp_path_factory.mktemp("model") / "support-lm"
     local_lm.save(model, tokenizer, folder, info={"prompt": {"max_chars": 200}})

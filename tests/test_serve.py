@@ -58,8 +58,9 @@ def _save_images(root):
     images, labels = data.fashion_mnist("test")
     lm4f.seed_everything(0)
     model = vision.softmax_regression()
-    vision.fit(model, vision.to_tensor(images[:3000]), torch.from_numpy(labels[:3000]), epochs=1, lr=1e-2)
-    accuracy = vision.accuracy(model, vision.to_tensor(images[3000:4000]), torch.from_numpy(labels[3000:4000]))
+    vision.train_classifier(model, vision.to_tensor(images[:3000]), torch.from_numpy(labels[:3000]), epochs=1, lr=1e-2)
+    accuracy = vision.classifier_accuracy(model, vision.to_tensor(images[3000:4000]),
+                                          torch.from_numpy(labels[3000:4000]))
     return save_model("images", lambda folder: vision.save_classifier(folder, model), root=root,
                       metrics={"accuracy": accuracy}, data=data.FASHION_MNIST_FILES)
 

@@ -28,7 +28,7 @@ def served(fashion, tmp_path_factory):
     train_u8, train_labels, _, _ = fashion
     lm4f.seed_everything(0)
     model = vision.softmax_regression()
-    vision.fit(model, vision.to_tensor(train_u8), torch.from_numpy(train_labels), epochs=1, lr=1e-2)
+    vision.train_classifier(model, vision.to_tensor(train_u8), torch.from_numpy(train_labels), epochs=1, lr=1e-2)
     path = tmp_path_factory.mktemp("model") / "classifier.pt2"
     vision.export_model(model, path)
     server = lm4f.serving.start(create_app(vision.load_model(path)))
@@ -87,15 +87,15 @@ def test_a_few_seconds_of_training_learn_something(fashion):
     train_u8, train_labels, test_u8, test_labels = fashion
     lm4f.seed_everything(0)
     model = vision.ProductCNN()
-    history = vision.fit(model, vision.to_tensor(train_u8[:2000]), torch.from_numpy(train_labels[:2000]),
+    history = vision.train_classifier(model, vision.to_tensor(train_u8[:2000]), torch.from_numpy(train_labels[:2000]),
                          epochs=1, batch_size=128, use_augmentation=True)
     assert len(history) == 1 and history[0]["train_loss"] < 2.3
-    assert vision.accuracy(model, vision.to_tensor(test_u8), torch.from_numpy(test_labels)) > 0.5
+    assert vision.classifier_accuracy(model, vision.to_tensor(test_u8), torch.from_numpy(test_labels)) > 0.5
 
 
 def test_fit_rejects_unprepared_images():
     with pytest.raises(ValueError, match="to_tensor"):
-        vision.fit(vision.mlp(), torch.zeros(8, 28, 28), torch.zeros(8, dtype=torch.long))
+        vision.train_classifier(vision.mlp(), torch.zeros(8, 28, 28), torch.zeros(8, dtype=torch.long))
 
 
 @pytest.mark.parametrize("model_fn", [vision.SmallResNet, vision.ProductCNN])

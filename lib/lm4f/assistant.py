@@ -86,7 +86,7 @@ __all__ = [
     "unsupported_sentences",
     "evaluate",
     "format_report",
-    "compare",
+    "compare_reports",
     "bootstrap_interval",
     "paired_bootstrap",
     "main",
@@ -1581,7 +1581,8 @@ def summarise(rows: list[dict], prices: dict | None = None, seed: int = 0, resam
     return {"metrics": metrics, "rows": rows, "system": system or {}, "questions": len(rows)}
 
 
-def compare(report_a: dict, report_b: dict, metric: str = "correct", seed: int = 0, resamples: int = 1000) -> dict:
+def compare_reports(report_a: dict, report_b: dict, metric: str = "correct", seed: int = 0,
+                    resamples: int = 1000) -> dict:
     """Paired bootstrap of one per-question column (``correct``, ``token_f1``, ``recall``, ...) of two reports,
     or of hand-off ``handoff_precision`` / ``handoff_recall`` / ``handoff_f1`` (recomputed on each resample).
 

@@ -1,6 +1,6 @@
 """One-call checks for the exercise notebooks.
 
-``compare(name, mine, reference)`` prints a one-line verdict (exact / close / wrong, with the
+``check_close(name, mine, reference)`` prints a one-line verdict (exact / close / wrong, with the
 largest difference) and raises ``ExerciseError`` with a hint when the answer is wrong, so an
 untouched stub fails loudly and a correct answer passes.
 """
@@ -20,7 +20,7 @@ def _as_array(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def compare(name: str, mine, reference, atol: float = 1e-6, rtol: float = 1e-5, hint: str = "") -> float:
+def check_close(name: str, mine, reference, atol: float = 1e-6, rtol: float = 1e-5, hint: str = "") -> float:
     """Check ``mine`` against ``reference``; print the verdict; return the max abs difference."""
     if mine is None:
         raise ExerciseError(f"{name}: your function returned None. {hint}".strip())

@@ -146,7 +146,7 @@ ARCHITECTURES = {
 }
 
 
-def count_params(name: str) -> int:
+def architecture_params(name: str) -> int:
     """Parameter count of a model in ``ARCHITECTURES`` from its formula."""
     if name not in ARCHITECTURES:
         raise KeyError(f"Unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}.")
@@ -178,18 +178,36 @@ class GPU:
     bandwidth_tb_s: float    # memory bandwidth, vendor datasheet
     price_per_hour: float    # USD per GPU-hour: an ASSUMPTION, edit it
     source: str
+    device_pattern: str = ""  # a regular expression that finds this card in torch.cuda.get_device_name()
 
 
+# The one table of GPUs: the cost calculator reads it, and lm4f.training.peak_flops(device) finds the
+# card a run is on here (model FLOPs utilisation divides by its peak).
 GPUS = {
     "H100 SXM": GPU("H100 SXM", 989.0, 80, 3.35, 2.50,
-                    "NVIDIA H100 datasheet: bf16 1,979 TFLOP/s with sparsity = 989 dense"),
+                    "NVIDIA H100 datasheet: bf16 1,979 TFLOP/s with sparsity = 989 dense", r"H100(?!.*PCIe)"),
+    "H100 PCIe": GPU("H100 PCIe", 756.0, 80, 2.0, 2.00,
+                     "NVIDIA H100 datasheet: PCIe bf16 1,513 TFLOP/s with sparsity = 756 dense", r"H100.*PCIe"),
     "H200 SXM": GPU("H200 SXM", 989.0, 141, 4.8, 3.50,
-                    "NVIDIA H200 datasheet: same compute as H100 SXM, more and faster memory"),
-    "A100 80GB": GPU("A100 80GB", 312.0, 80, 2.04, 1.50, "NVIDIA A100 datasheet: bf16 312 TFLOP/s dense"),
-    "L4": GPU("L4", 121.0, 24, 0.30, 0.80, "NVIDIA L4 datasheet: bf16 242 TFLOP/s with sparsity = 121 dense"),
+                    "NVIDIA H200 datasheet: same compute as H100 SXM, more and faster memory", r"H200"),
+    "A100 80GB": GPU("A100 80GB", 312.0, 80, 2.04, 1.50, "NVIDIA A100 datasheet: bf16 312 TFLOP/s dense", r"A100"),
+    "L4": GPU("L4", 121.0, 24, 0.30, 0.80, "NVIDIA L4 datasheet: bf16 242 TFLOP/s with sparsity = 121 dense",
+              r"\bL4\b"),
+    "A10": GPU("A10", 125.0, 24, 0.60, 0.75, "NVIDIA A10 datasheet: bf16 250 TFLOP/s with sparsity = 125 dense",
+               r"\bA10\b"),
+    "T4": GPU("T4", 65.0, 16, 0.32, 0.35, "NVIDIA T4 datasheet: fp16 65 TFLOP/s (mixed precision; no bf16)",
+              r"\bT4\b"),
     "RTX 4090": GPU("RTX 4090", 165.2, 24, 1.01, 0.40,
-                    "NVIDIA Ada whitepaper: fp16/bf16 with fp32 accumulate 165.2 dense"),
+                    "NVIDIA Ada whitepaper: fp16/bf16 with fp32 accumulate 165.2 dense", r"4090"),
 }
+
+def gpu_for_device(device_name: str) -> GPU | None:
+    """The ``GPUS`` entry for a name such as ``torch.cuda.get_device_name()`` gives
+    ("NVIDIA H100 80GB HBM3" -> H100 SXM, "Tesla T4" -> T4), or None for a card not in the table."""
+    import re
+
+    return next((g for g in GPUS.values() if g.device_pattern and re.search(g.device_pattern, device_name)), None)
+
 
 DEFAULT_MFU = 0.35  # an assumption: well-tuned large-model training reaches about 30-50 % of peak
 

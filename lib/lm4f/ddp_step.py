@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from lm4f.transformer import GPT, GPTConfig
+from lm4f.gpt import GPT, GPTConfig
 from lm4f.utils import choose_device
 
 CONFIG = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=2, n_embd=32)

@@ -62,7 +62,7 @@ __all__ = [
     "grounded_examples",
     "train_tokenizer",
     "build_tiny_model",
-    "train",
+    "fine_tune",
     "save",
     "load_chat_model",
     "ChatModel",
@@ -274,16 +274,11 @@ def train_tokenizer(texts, vocab_size: int = 4000):
     and ``<|pad|>`` are never split. ``vocab_size`` is an upper bound: on a small corpus BPE stops
     when no pair of tokens occurs twice.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  special_tokens=[BOS, IM_START, IM_END, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(list(texts), trainer)
+    from lm4f.tokens import train_bpe
+
+    backend = train_bpe(texts, vocab_size, min_frequency=2, special_tokens=[BOS, IM_START, IM_END, PAD])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=IM_END, pad_token=PAD,
                                    unk_token=None, chat_template=CHAT_TEMPLATE, model_max_length=1024)
 
@@ -312,11 +307,6 @@ def build_tiny_model(tokenizer, size: str = "ci", seed: int = 0):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
-
-
-def n_parameters(model) -> int:
-    """Parameters, counting tied embeddings once."""
-    return sum(p.numel() for p in model.parameters())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,7 +341,7 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
     return batches
 
 
-def train(model, tokenizer, examples, steps: int, batch_size: int, lr: float, seed: int = 0, max_length: int = 512,
+def fine_tune(model, tokenizer, examples, steps: int, batch_size: int, lr: float, seed: int = 0, max_length: int = 512,
           device=None, progress: bool = True) -> list[dict]:
     """Fine-tune ``model`` on ``examples`` (``grounded_examples``) for ``steps`` optimiser steps.
 
@@ -412,7 +402,8 @@ def train(model, tokenizer, examples, steps: int, batch_size: int, lr: float, se
                      "device": str(device), "examples": len(kept), "left_out": len(encoded) - len(kept),
                      "torch_threads": torch.get_num_threads()},
         "figures": {"first_loss": round(history[0]["loss"], 4), "final_loss": round(sum(tail) / len(tail), 4),
-                    "train_seconds": round(time.perf_counter() - started, 1), "parameters": n_parameters(model)},
+                    "train_seconds": round(time.perf_counter() - started, 1),
+                    "parameters": lm4f.count_parameters(model)},
     }
     return history
 
@@ -612,7 +603,7 @@ class ChatModel:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"ChatModel({self.name!r}, {n_parameters(self.model) / 1e6:.1f}M parameters)"
+        return f"ChatModel({self.name!r}, {lm4f.count_parameters(self.model) / 1e6:.1f}M parameters)"
 
     @property
     def device(self):
@@ -754,7 +745,7 @@ def build_and_train(out, steps: int | None = None, seed: int | None = None, devi
     tokenizer = train_tokenizer(texts, vocab_size=config["vocab_size"])
     model = build_tiny_model(tokenizer, size=config["size"], seed=config["seed"])
     device = torch.device(device) if device is not None else lm4f.choose_device()
-    history = train(model, tokenizer, examples, steps=config["steps"], batch_size=config["batch_size"],
+    history = fine_tune(model, tokenizer, examples, steps=config["steps"], batch_size=config["batch_size"],
                     lr=config["lr"], seed=config["seed"], max_length=config["max_length"], device=device,
                     progress=progress)
     prompt = {key: value for key, value in (("max_chars", config["max_chars"]), ("max_passages", config["passages"]))

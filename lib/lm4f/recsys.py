@@ -652,10 +652,6 @@ def train_sasrec(sequences: dict[int, list[int]], dim: int = 64, layers: int = 2
     return model.eval(), seconds, losses
 
 
-def count_parameters(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 # ---------------------------------------------------------------------------------------------
 # The object the API serves
 # ---------------------------------------------------------------------------------------------

@@ -36,13 +36,14 @@ SAMPLE_EVERY = 4
 _CHINESE = re.compile(r"[\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]")
 
 
-def train_bpe(texts, vocab_size: int, min_frequency: int = 2):
+def train_bpe(texts, vocab_size: int, min_frequency: int = 2, special_tokens=()):
     """A byte-level BPE tokeniser (the ``tokenizers`` library) trained on ``texts`` (an iterable of strings).
 
     It starts from the 256 byte values, so any string encodes (no unknown token) and decodes back
     exactly; then it merges the most frequent adjacent pair, again and again, until the vocabulary
     holds ``vocab_size`` entries (fewer on a small corpus: a pair must occur ``min_frequency`` times).
     Words are split at spaces and punctuation first, GPT-2 style, and a token keeps its leading space.
+    ``special_tokens`` (control tokens such as ``"<|endoftext|>"``) get the first ids and are never split.
     """
     if vocab_size < 257:
         raise ValueError(f"vocab_size={vocab_size} leaves no room for merges: byte-level BPE starts from 256 "
@@ -53,6 +54,7 @@ def train_bpe(texts, vocab_size: int, min_frequency: int = 2):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                  special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(list(texts), trainer)
     return tokenizer

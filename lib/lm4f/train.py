@@ -135,11 +135,11 @@ def train_images(root=None) -> SavedModel:
     test_x, test_y = vision.to_tensor(test_u8[:eval_images]), torch.from_numpy(test_labels[:eval_images])
     lm4f.seed_everything(SEED)
     model = vision.ProductCNN().to(lm4f.choose_device())
-    history = vision.fit(model, train_x, train_y, epochs=epochs, batch_size=batch_size, lr=3e-3, weight_decay=1e-4,
-                         schedule="onecycle", use_augmentation=False)
+    history = vision.train_classifier(model, train_x, train_y, epochs=epochs, batch_size=batch_size, lr=3e-3,
+                                      weight_decay=1e-4, schedule="onecycle", use_augmentation=False)
     model.cpu().eval()
-    validation_accuracy = vision.accuracy(model, val_x, val_y)
-    test_accuracy = vision.accuracy(model, test_x, test_y)
+    validation_accuracy = vision.classifier_accuracy(model, val_x, val_y)
+    test_accuracy = vision.classifier_accuracy(model, test_x, test_y)
     _say(f"ProductCNN: {len(train_x):,} images x {epochs} epochs, validation accuracy {validation_accuracy:.4f}, "
          f"test accuracy {test_accuracy:.4f}")
     metrics = {"split": f"test ({len(test_x):,} images)", "accuracy": round(test_accuracy, 4),
@@ -149,7 +149,7 @@ def train_images(root=None) -> SavedModel:
         data={f"fashion-mnist/{name}": digest for name, digest in data.FASHION_MNIST_FILES.items()},
         training={"train_images": len(train_x), "epochs": epochs, "batch_size": batch_size, "lr": 3e-3,
                   "final_train_loss": round(history[-1]["train_loss"], 4),
-                  "parameters": vision.parameter_count(model), "seconds": round(time.perf_counter() - started, 1)})
+                  "parameters": lm4f.count_parameters(model), "seconds": round(time.perf_counter() - started, 1)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def train_movies(root=None) -> SavedModel:
         data={**{f"movielens-100k/{name}": digest for name, digest in data.MOVIELENS_FILES.items()},
               "movielens-100k/ratings (int64 user, movie, rating, timestamp)": data.MOVIELENS_RATINGS_SHA256},
         training={"epochs": epochs, "max_len": max_len, "users": len(split.train),
-                  "final_train_loss": round(losses[-1], 4), "parameters": rs.count_parameters(sasrec),
+                  "final_train_loss": round(losses[-1], 4), "parameters": lm4f.count_parameters(sasrec),
                   "seconds": round(time.perf_counter() - started, 1)},
         packages=("safetensors",))
 
@@ -330,7 +330,7 @@ def train_movies_csv(root=None, *, ratings_csv, user_column: str, item_column: s
         rebuild=rebuild, data={f"own/{Path(ratings_csv).name}": own_data.file_digest(ratings_csv)},
         training={"source": source, "users": len(sequences), "items": n_items - 1, "interactions": interactions.rows,
                   "dropped": interactions.dropped, "epochs": epochs, "max_len": max_len,
-                  "final_train_loss": round(losses[-1], 4), "parameters": rs.count_parameters(sasrec),
+                  "final_train_loss": round(losses[-1], 4), "parameters": lm4f.count_parameters(sasrec),
                   "seconds": round(time.perf_counter() - started, 1)},
         packages=("safetensors",))
 
@@ -356,11 +356,12 @@ def train_images_folder(root=None, *, image_folder, rebuild: str | None = None) 
     images, labels = vision.to_tensor(folder.pixels), torch.from_numpy(folder.labels)
     lm4f.seed_everything(SEED)
     model = vision.ProductCNN(classes=len(folder.classes)).to(lm4f.choose_device())
-    history = vision.fit(model, images[train_rows], labels[train_rows], epochs=epochs, batch_size=batch_size,
-                         lr=3e-3, weight_decay=1e-4, schedule="onecycle", use_augmentation=True, seed=SEED)
+    history = vision.train_classifier(model, images[train_rows], labels[train_rows], epochs=epochs,
+                                      batch_size=batch_size, lr=3e-3, weight_decay=1e-4, schedule="onecycle",
+                                      use_augmentation=True, seed=SEED)
     model.cpu().eval()
-    validation_accuracy = vision.accuracy(model, images[validation_rows], labels[validation_rows])
-    test_accuracy = vision.accuracy(model, images[test_rows], labels[test_rows])
+    validation_accuracy = vision.classifier_accuracy(model, images[validation_rows], labels[validation_rows])
+    test_accuracy = vision.classifier_accuracy(model, images[test_rows], labels[test_rows])
     majority = _majority_accuracy(folder.labels[train_rows], folder.labels[test_rows])
     _say(f"ProductCNN: {len(folder.classes)} classes ({', '.join(folder.classes)}), {len(train_rows):,} images x "
          f"{epochs} epochs; validation accuracy {validation_accuracy:.3f}, test accuracy {test_accuracy:.3f} "
@@ -378,7 +379,7 @@ def train_images_folder(root=None, *, image_folder, rebuild: str | None = None) 
                   "images": {"train": len(train_rows), "validation": len(validation_rows), "test": len(test_rows)},
                   "epochs": epochs, "batch_size": batch_size, "lr": 3e-3, "augmentation": True,
                   "final_train_loss": round(history[-1]["train_loss"], 4),
-                  "parameters": vision.parameter_count(model), "seconds": round(time.perf_counter() - started, 1)})
+                  "parameters": lm4f.count_parameters(model), "seconds": round(time.perf_counter() - started, 1)})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ returning True (a time budget). ``seconds`` is that step's wall time (``loss.ite
 device, so it is honest on a GPU too); time spent in the hook is not in it.
 
 The model is any module whose ``forward(idx, targets)`` returns ``(logits, loss)`` and which has a
-``config.block_size`` (``lm4f.transformer.GPT`` and the loss-ladder models of chapter 4.3).
-``PEAK_FLOPS`` / ``peak_flops(device)`` give the peak FLOP/s that model FLOPs utilisation divides by.
+``config.block_size`` (``lm4f.gpt.GPT`` and the loss-ladder models of chapter 4.3).
+``peak_flops(device)`` gives the peak FLOP/s that model FLOPs utilisation divides by (GPUs: ``lm4f.cost.GPUS``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from dataclasses import asdict
 
 import torch
 
-__all__ = ["make_optimizer", "lr_at", "train_steps", "save_checkpoint", "load_checkpoint",
-           "PEAK_FLOPS", "peak_flops"]
+__all__ = ["make_optimizer", "lr_at", "train_steps", "save_checkpoint", "load_checkpoint", "peak_flops"]
 
 
 def make_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95)):
@@ -116,12 +115,12 @@ def save_checkpoint(path, model, optimizer, step: int, generator: torch.Generato
 def load_checkpoint(path, model=None, optimizer=None, generator: torch.Generator | None = None):
     """Load a checkpoint written by ``save_checkpoint``; returns ``(model, step)``.
 
-    With ``model=None`` a new ``lm4f.transformer.GPT`` is built from the stored config. The
+    With ``model=None`` a new ``lm4f.gpt.GPT`` is built from the stored config. The
     optimiser and the batch generator, when given, get their stored state back.
     """
     state = torch.load(path, map_location="cpu", weights_only=False)
     if model is None:
-        from lm4f.transformer import GPT, GPTConfig
+        from lm4f.gpt import GPT, GPTConfig
 
         model = GPT(GPTConfig(**state["config"]))
     getattr(model, "_orig_mod", model).load_state_dict(state["model"])
@@ -133,34 +132,24 @@ def load_checkpoint(path, model=None, optimizer=None, generator: torch.Generator
     return model, state["step"]
 
 
-# Dense (no sparsity) tensor-core peaks from the vendors' data sheets, bf16 unless noted.
-PEAK_FLOPS = {
-    "H100 SXM": 989e12,
-    "H100 PCIe": 756e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "T4": 65e12,          # fp16 (no bf16 on T4)
-}
 CPU_GHZ = 2.5             # a stated estimate for a server core
 CPU_FLOPS_PER_CYCLE = 32  # fp32: 2 FMA units x 8 lanes (AVX2) x 2 FLOPs per FMA
 
 
 def peak_flops(device=None) -> tuple[str, float]:
-    """(name, peak FLOP/s) for ``device``. For a CPU it is an estimate:
-    threads x 2.5 GHz x 32 fp32 FLOPs per cycle (AVX2 with two FMA units)."""
+    """(name, peak FLOP/s) for ``device``. A GPU is looked up in ``lm4f.cost.GPUS`` (the vendors'
+    dense bf16 figures). For a CPU it is an estimate: threads x 2.5 GHz x 32 fp32 FLOPs per cycle
+    (AVX2 with two FMA units)."""
+    from lm4f.cost import gpu_for_device
+
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        if "H100" in name:
-            key = "H100 PCIe" if "PCIe" in name else "H100 SXM"
-        else:
-            key = next((k for k in PEAK_FLOPS if k in name), None)
-        if key is None:
-            raise KeyError(f"No peak FLOP/s known for GPU {name!r}: add it to lm4f.training.PEAK_FLOPS "
-                           "from the vendor's data sheet (dense bf16).")
-        return key, PEAK_FLOPS[key]
+        card = gpu_for_device(name)
+        if card is None:
+            raise KeyError(f"No peak FLOP/s known for GPU {name!r}: add it to lm4f.cost.GPUS from the vendor's "
+                           "data sheet (dense bf16), with a device_pattern that matches that name.")
+        return card.name, card.peak_tflops * 1e12
     threads = torch.get_num_threads()
     return (f"CPU estimate ({threads} threads x {CPU_GHZ} GHz x {CPU_FLOPS_PER_CYCLE} FLOP/cycle)",
             threads * CPU_GHZ * 1e9 * CPU_FLOPS_PER_CYCLE)

@@ -128,6 +128,12 @@ def print_environment() -> dict:
     return facts
 
 
+def count_parameters(model) -> int:
+    """Numbers a PyTorch model learns: every parameter tensor's size, summed (a tensor shared by two
+    layers, such as tied input and output embeddings, counts once)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 

@@ -4,7 +4,7 @@ the HTTP app (``lm4f.apps.vision``), the benchmark and the tests.
 - preprocessing: uint8 images (N, 28, 28) -> normalised float tensors (N, 1, 28, 28);
 - augmentation on a batch (horizontal flip, shifted crop), done in torch so it costs little;
 - the models: softmax regression, MLP, a two-block CNN and a small ResNet;
-- ``fit`` (AdamW with a one-cycle or constant learning rate) and ``predict_proba``;
+- ``train_classifier`` (AdamW, one-cycle or constant learning rate), ``predict_proba``, ``classifier_accuracy``;
 - export with ``torch.export`` to a ``.pt2`` file and reload;
 - ``decode_png``: bytes of an uploaded PNG -> a checked (28, 28) uint8 array;
 - real photos: ``open_image`` (bytes or a file, its size checked from the header before decoding)
@@ -186,15 +186,11 @@ class SmallResNet(nn.Module):
         return self.head(pooled)  # (B, 10) logits
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ------------------------------------------------------------------------------------------------
 # Training and prediction
 # ------------------------------------------------------------------------------------------------
 
-def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int = 1,
+def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int = 1,
         batch_size: int = 256, lr: float = 3e-3, weight_decay: float = 1e-4,
         schedule: str = "onecycle", use_augmentation: bool = False, label_smoothing: float = 0.0,
         seed: int = 0, device=None, evaluate=None) -> list[dict]:
@@ -261,7 +257,8 @@ def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 1024
     return torch.cat(chunks)
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of ``images`` whose most likely class is the label."""
     return float((predict_proba(model, images).argmax(1) == labels.cpu()).float().mean())
 
 

@@ -62,7 +62,7 @@ class ClassifyResponse(BaseModel):
                                                                      "P(label) for each label")
 
 
-class AskRequest(BaseModel):
+class ReviewAskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500,
                                                strict=True)]
@@ -76,7 +76,7 @@ class Answer(BaseModel):
     review: str
 
 
-class AskResponse(BaseModel):
+class ReviewAskResponse(BaseModel):
     question: str
     answers: list[Answer]
 
@@ -124,8 +124,8 @@ def create_app(classifier, retriever=None, title: str = "Customer-review assista
                                 probability=None if digits is None else round(probability, digits),
                                 threshold=threshold)
 
-    @app.post("/ask", response_model=AskResponse)
-    def ask(request: AskRequest) -> AskResponse:
+    @app.post("/ask", response_model=ReviewAskResponse)
+    def ask(request: ReviewAskRequest) -> ReviewAskResponse:
         if retriever is None:
             raise ServiceError(503, "/ask is not enabled: create_app was given no retriever.", code="not_enabled")
         if request.clothing_id is not None and request.clothing_id not in set(retriever.products()):
@@ -136,6 +136,6 @@ def create_app(classifier, retriever=None, title: str = "Customer-review assista
         hits = retriever.search(request.question, k=request.k, clothing_id=request.clothing_id)
         answers = [Answer(clothing_id=hit["clothing_id"], score=round(hit["score"], 4), review=hit["review"])
                    for hit in hits]
-        return AskResponse(question=request.question, answers=answers)
+        return ReviewAskResponse(question=request.question, answers=answers)
 
     return app

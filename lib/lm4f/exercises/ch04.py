@@ -18,13 +18,13 @@ from lm4f.checks import ExerciseError, run_check
 from lm4f.exercises.common import agree, forbid, forbid_names
 
 _ATTENTION = ("torch.nn.functional.scaled_dot_product_attention", "torch.nn.functional.multi_head_attention_forward",
-              "torch.nn.MultiheadAttention", "lm4f.transformer.attention")
+              "torch.nn.MultiheadAttention", "lm4f.attention.attention")
 _ADAM = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.adam.adam", "torch.optim.Adamax",
          "torch.optim.NAdam", "torch.optim.RAdam")
 _SAMPLERS = ("transformers.TopKLogitsWarper", "transformers.TopPLogitsWarper",
              "transformers.generation.logits_process.TopKLogitsWarper",
-             "transformers.generation.logits_process.TopPLogitsWarper", "lm4f.transformer.GPT.generate",
-             "lm4f.transformer.next_token_probs")
+             "transformers.generation.logits_process.TopPLogitsWarper", "lm4f.gpt.GPT.generate",
+             "lm4f.gpt.next_token_probs")
 
 
 def _inputs(seed: int = 4):

@@ -156,8 +156,8 @@ def check_layernorm_backward(layernorm_backward) -> None:
 # ---------------------------------------------------------------------------------------------
 # Exercise 5.4: a GPT's parameter count from its equations
 # ---------------------------------------------------------------------------------------------
-_PARAM_COUNT = ("lm4f.cost.gpt2_params", "lm4f.cost.count_params", "lm4f.cost.llama_params",
-                "lm4f.cost.bert_params", "torch.nn.Module.__init__", "lm4f.transformer.GPT.num_params")
+_PARAM_COUNT = ("lm4f.cost.gpt2_params", "lm4f.cost.architecture_params", "lm4f.cost.llama_params",
+                "lm4f.cost.bert_params", "torch.nn.Module.__init__", "lm4f.gpt.GPT.num_params")
 
 # (vocab_size, context, d_model, n_heads, n_layers): tiny, the course's GPT sizes, GPT-2 small and XL
 GPT_CONFIGS = [
@@ -171,10 +171,10 @@ GPT_CONFIGS = [
 
 
 def module_parameter_count(vocab_size: int, context: int, d_model: int, n_heads: int, n_layers: int) -> int:
-    """Parameters of ``lm4f.transformer.GPT`` built for real (on the meta device: shapes, no memory)."""
+    """Parameters of ``lm4f.gpt.GPT`` built for real (on the meta device: shapes, no memory)."""
     import torch
 
-    from lm4f.transformer import GPT, GPTConfig
+    from lm4f.gpt import GPT, GPTConfig
 
     with torch.device("meta"):
         model = GPT(GPTConfig(vocab_size=vocab_size, block_size=context, n_layer=n_layers, n_head=n_heads,
@@ -184,7 +184,7 @@ def module_parameter_count(vocab_size: int, context: int, d_model: int, n_heads:
 
 def check_gpt_parameter_count(gpt_parameter_count) -> None:
     """Exercise 5.4: ``gpt_parameter_count(vocab_size, context, d_model, n_heads, n_layers) -> int``,
-    exactly equal to the parameter count of ``lm4f.transformer.GPT`` for six configurations."""
+    exactly equal to the parameter count of ``lm4f.gpt.GPT`` for six configurations."""
     hint = ("Hint: go through the model's equations and give every matrix and vector its shape: the two "
             "embedding tables, then per block two LayerNorms (a scale and a shift each), the projections "
             "that make queries, keys and values and the one after attention, the two layers of the MLP "

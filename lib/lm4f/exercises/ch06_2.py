@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lm4f.checks import ExerciseError, compare, run_check
+from lm4f.checks import ExerciseError, check_close, run_check
 from lm4f.nlp import best_threshold
 
 
@@ -42,7 +42,7 @@ def check_macro_f1(macro_f1) -> float:
                                     "F1 of BOTH classes, so a model that ignores the unhappy customers is punished.")
             if abs(float(mine) - accuracy_score(truth, predicted)) < 1e-9:
                 raise ExerciseError(f"macro_f1: you returned the accuracy. {hint}")
-        compare("macro_f1", float(mine), _reference_macro_f1(truth, predicted), atol=1e-9, hint=hint)
+        check_close("macro_f1", float(mine), _reference_macro_f1(truth, predicted), atol=1e-9, hint=hint)
     return _reference_macro_f1(labels, np.ones_like(labels))
 
 
@@ -59,7 +59,7 @@ def check_tune_threshold(tune_threshold) -> float:
         mine = run_check("tune_threshold", tune_threshold, scores.copy(), truth.copy(), hint=hint)
         if mine is None:
             raise ExerciseError(f"tune_threshold: your function returned None. {hint}")
-        compare("tune_threshold", float(mine), best_threshold(scores, truth), atol=1e-9, hint=hint)
+        check_close("tune_threshold", float(mine), best_threshold(scores, truth), atol=1e-9, hint=hint)
     return best_threshold(probabilities, labels)
 
 
@@ -86,5 +86,5 @@ def check_top_k_cosine(top_k_cosine) -> None:
                                 "normalise the query and the rows to unit length first.")
         if np.array_equal(indices, reference_order[::-1][:k]):
             raise ExerciseError("top_k_cosine: you returned the LEAST similar rows. Sort by -score.")
-        compare(f"top_k_cosine indices k={k}", indices, reference_order[:k], atol=0, rtol=0, hint=hint)
-        compare(f"top_k_cosine scores k={k}", scores, reference_scores[reference_order[:k]], atol=1e-9, hint=hint)
+        check_close(f"top_k_cosine indices k={k}", indices, reference_order[:k], atol=0, rtol=0, hint=hint)
+        check_close(f"top_k_cosine scores k={k}", scores, reference_scores[reference_order[:k]], atol=1e-9, hint=hint)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lm4f.checks import ExerciseError, compare, run_check
+from lm4f.checks import ExerciseError, check_close, run_check
 
 
 def check_residual_forward(residual_forward) -> None:
@@ -40,7 +40,7 @@ def check_residual_forward(residual_forward) -> None:
                                     "The sum comes first: relu(main + skip(x)).")
             if torch.allclose(mine, F.relu(main), atol=1e-5):
                 raise ExerciseError("residual_forward: the skip path is missing. Add skip(x) to the main path.")
-        compare(f"residual_forward stride {stride}", mine, reference, atol=1e-5, hint=hint)
+        check_close(f"residual_forward stride {stride}", mine, reference, atol=1e-5, hint=hint)
 
 
 def check_confusion_matrix(confusion_matrix) -> np.ndarray:
@@ -60,9 +60,9 @@ def check_confusion_matrix(confusion_matrix) -> np.ndarray:
     if mine_array.shape == reference.shape and np.array_equal(mine_array, reference.T):
         raise ExerciseError("confusion_matrix: your matrix is transposed. Rows are the TRUE class, "
                             "columns the PREDICTED class.")
-    compare("confusion_matrix", mine_array, reference, atol=0, rtol=0, hint=hint)
+    check_close("confusion_matrix", mine_array, reference, atol=0, rtol=0, hint=hint)
     few = run_check("confusion_matrix", confusion_matrix, np.array([0, 1]), np.array([1, 1]), 4, hint=hint)
-    compare("confusion_matrix (4 classes)", few, np.array([[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]),
+    check_close("confusion_matrix (4 classes)", few, np.array([[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]),
             atol=0, rtol=0, hint="Use the number of classes given, even when some never occur. " + hint)
     return reference
 
@@ -98,5 +98,5 @@ def check_expected_calibration_error(expected_calibration_error) -> float:
         if abs(float(mine) - unweighted) < 1e-9 and abs(unweighted - expected) > 1e-6:
             raise ExerciseError("expected_calibration_error: you averaged the bins equally. Weight each bin's gap "
                                 "by the share of images that fall in it.")
-        compare(f"expected_calibration_error({bins})", float(mine), expected, atol=1e-9, hint=hint)
+        check_close(f"expected_calibration_error({bins})", float(mine), expected, atol=1e-9, hint=hint)
     return float(reference(confidence, correct, 10))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lm4f import recsys
-from lm4f.checks import ExerciseError, compare, run_check
+from lm4f.checks import ExerciseError, check_close, run_check
 
 # (scores over item ids 0..7, target, seen items) -> 0-based rank among unseen items
 _RANK_CASES = [
@@ -31,7 +31,7 @@ def check_rank_among_unseen(rank_among_unseen) -> None:
         hint = "Hint: with all scores tied the target must rank last: count scores >= the target's, not >. " + hint
     elif mine[0] == reference[0] + 1:
         hint = "Hint: the target was counted against itself, or index 0 (padding) was ranked. " + hint
-    compare("rank_among_unseen", mine, reference, atol=0, hint=hint)
+    check_close("rank_among_unseen", mine, reference, atol=0, hint=hint)
 
 
 def check_ndcg_at_10(ndcg_at_10) -> None:
@@ -42,4 +42,4 @@ def check_ndcg_at_10(ndcg_at_10) -> None:
     reference = [recsys.ndcg_at_k(ranks, 10) for ranks in cases]
     if any(value is None for value in mine):
         raise ExerciseError(f"ndcg_at_10: your function returned None. {hint}")
-    compare("ndcg_at_10", mine, reference, atol=1e-9, hint=hint)
+    check_close("ndcg_at_10", mine, reference, atol=1e-9, hint=hint)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lm4f.checks import ExerciseError, compare, run_check
+from lm4f.checks import ExerciseError, check_close, run_check
 from lm4f.privacy import roc_auc
 
 
@@ -32,7 +32,7 @@ def check_membership_auc(membership_auc) -> float:
         if abs(float(mine) - 0.5) > 1e-9 and abs(float(mine) - (1 - reference)) < 1e-9 and reference != 0.5:
             raise ExerciseError(f"membership_auc: you returned {float(mine):.3f} = 1 - AUC. Members have lower "
                                 "loss, so the score is minus the loss.")
-        compare("membership_auc", float(mine), reference, atol=1e-9, hint=hint)
+        check_close("membership_auc", float(mine), reference, atol=1e-9, hint=hint)
     return float(roc_auc(-member_losses, -nonmember_losses))
 
 
@@ -57,7 +57,7 @@ def check_magnitude_prune(magnitude_prune) -> None:
         mask = torch.ones(weight.numel())
         mask[order[:k]] = 0
         reference = weight * mask.view_as(weight)
-        compare(f"magnitude_prune({amount})", mine, reference, atol=0, rtol=0, hint=hint)
+        check_close(f"magnitude_prune({amount})", mine, reference, atol=0, rtol=0, hint=hint)
         zeros = int((torch.as_tensor(mine) == 0).sum())
         if zeros != k:
             raise ExerciseError(f"magnitude_prune({amount}): {zeros} zeros, expected {k}. {hint}")

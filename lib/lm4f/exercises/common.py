@@ -7,7 +7,7 @@ back afterwards. ``forbid_names(exercise, function, names)`` also reads the func
 those names, which catches a name imported before the check ran (``from torch.optim import Adam``).
 Checks compute their references outside the ``with`` block.
 
-``agree(name, mine, reference, atol, rtol, hint)`` is :func:`lm4f.checks.compare` with a verdict line
+``agree(name, mine, reference, atol, rtol, hint)`` is :func:`lm4f.checks.check_close` with a verdict line
 that states the tolerance met instead of the raw difference (which moves in its last digits from
 one CPU's float kernels to another's), so a solved notebook prints the same text everywhere.
 """
@@ -19,7 +19,7 @@ import io
 import types
 from contextlib import contextmanager, redirect_stdout
 
-from lm4f.checks import ExerciseError, compare
+from lm4f.checks import ExerciseError, check_close
 
 # Calling any of these computes a gradient for you: a backward rule written "by hand" must not.
 AUTOGRAD = ("torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad",
@@ -104,7 +104,7 @@ def agree(name: str, mine, reference, atol: float = 1e-6, rtol: float = 1e-5, hi
     printed = io.StringIO()
     try:
         with redirect_stdout(printed):
-            compare(name, mine, reference, atol=atol, rtol=rtol, hint=hint)
+            check_close(name, mine, reference, atol=atol, rtol=rtol, hint=hint)
     except ExerciseError:
         print(printed.getvalue(), end="")        # the WRONG line, with its difference
         raise

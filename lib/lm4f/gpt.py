@@ -1,8 +1,9 @@
-"""The course's Transformers in one readable file: a GPT (decoder) and a BERT-style encoder.
+"""The course's GPT in one readable file (chapter 4.3; reused by chapters 2.2, 4.4, 8 and 9-10).
 
-GPT (chapter 4.3, reused by chapters 8-10)::
+A decoder-only Transformer with GPT-2's design (pre-LayerNorm blocks, learned positions, GELU,
+weight tying, GPT-2's initialisation), written in the style of Karpathy's nanoGPT::
 
-    from lm4f.transformer import GPTConfig, GPT
+    from lm4f.gpt import GPTConfig, GPT
     config = GPTConfig(vocab_size=97, block_size=128, n_layer=4, n_head=4, n_embd=128)
     model = GPT(config)
     logits, loss = model(idx, targets)      # idx, targets: (B, T) int64
@@ -13,18 +14,14 @@ GPT (chapter 4.3, reused by chapters 8-10)::
     model.flops_per_token()                 # training FLOPs per token (6 N + attention, see below)
     model.estimate_mfu(tokens_per_second, device)   # model FLOPs utilisation, 0..1
 
-BERT-style encoder (chapter 4.3: the real all-MiniLM-L6-v2 weights in code written here)::
+The pieces, bottom up: ``CausalSelfAttention`` (queries, keys and values from one matrix, heads
+split, ``lm4f.attention.attention`` with the causal mask), ``FeedForward`` (width x 4, GELU, back),
+``Block`` (x + attention(LN(x)), then x + feed-forward(LN(x))), ``GPT`` (embeddings, blocks, final
+LayerNorm, output layer tied to the token embeddings). ``next_token_probs`` applies temperature,
+top-k and top-p to the next-token logits.
 
-    from lm4f.transformer import BertConfig, BertEncoder, load_minilm, mean_pool
-    encoder = load_minilm()                          # reads lm4f.data.minilm_path(); no network
-    hidden = encoder(input_ids, attention_mask)      # (B, T, 384) token embeddings
-    sentences = encoder.sentence_embeddings(input_ids, attention_mask)   # (B, 384), unit length
-
-Training lives in ``lm4f.training`` (``make_optimizer``, ``lr_at``, ``train_steps``, checkpoints,
-``peak_flops``); those names are also importable from here, for the notebooks that import them so.
-
-Attention has a fast path (PyTorch's fused ``scaled_dot_product_attention``) and a plain
-fallback written out step by step (``attention(..., fused=False)``); both give the same numbers.
+Training lives in ``lm4f.training`` (``make_optimizer``, ``lr_at``, ``train_steps``, checkpoints);
+the BERT-style encoder that loads MiniLM's weights lives in ``lm4f.bert``.
 """
 
 from __future__ import annotations
@@ -36,55 +33,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lm4f.training import (PEAK_FLOPS, load_checkpoint, lr_at, make_optimizer, peak_flops,  # noqa: F401
-                           save_checkpoint, train_steps)
+from lm4f.attention import attention
+from lm4f.training import peak_flops
+from lm4f.utils import count_parameters
 
-__all__ = [
-    "attention", "next_token_probs", "GPTConfig", "GPT", "BertConfig", "BertEncoder", "load_minilm", "mean_pool",
-    "make_optimizer", "lr_at", "train_steps", "save_checkpoint", "load_checkpoint",
-    "PEAK_FLOPS", "peak_flops",
-]
-
-
-# =============================================================================================
-# Attention: plain and fused
-# =============================================================================================
-
-
-def attention(q, k, v, causal: bool = False, key_mask=None, dropout: float = 0.0, fused: bool = True):
-    """Scaled dot-product attention softmax(q k^T / sqrt(d)) v.
-
-    q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs). ``causal``: query i sees keys 0..i only.
-    ``key_mask``: bool (B, Tk), True where a key is a real token (False = padding, ignored).
-    Returns (B, nh, Tq, hs).
-    """
-    mask = None
-    if key_mask is not None:
-        mask = key_mask[:, None, None, :].bool()                   # (B, 1, 1, Tk)
-        if causal:                                                 # both: fold causal into the mask
-            Tq, Tk = q.size(-2), k.size(-2)
-            mask = mask & torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()
-            causal = False
-    if fused:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                              is_causal=causal)
-    hs = q.size(-1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(hs)               # (B, nh, Tq, Tk)
-    if causal:
-        Tq, Tk = q.size(-2), k.size(-2)
-        allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)                            # rows sum to 1
-    if dropout > 0:
-        weights = F.dropout(weights, p=dropout)
-    return weights @ v                                             # (B, nh, Tq, hs)
-
-
-# =============================================================================================
-# GPT: a decoder-only Transformer (pre-LayerNorm, like GPT-2)
-# =============================================================================================
+__all__ = ["GPTConfig", "CausalSelfAttention", "FeedForward", "Block", "GPT", "next_token_probs"]
 
 
 @dataclass
@@ -96,7 +49,7 @@ class GPTConfig:
     n_embd: int              # width C; each head has C / n_head dimensions
     dropout: float = 0.0
     bias: bool = True        # biases in Linear and LayerNorm layers
-    fused_attention: bool = True   # False: the plain attention written out above
+    fused_attention: bool = True   # False: the plain attention of lm4f.attention
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -125,7 +78,9 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-class MLP(nn.Module):
+class FeedForward(nn.Module):
+    """Each position on its own: widen to 4 x n_embd, GELU, project back (GPT-2's "MLP")."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
@@ -137,14 +92,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attention(LN(x)), then x + MLP(LN(x)): the pre-LayerNorm decoder block."""
+    """x + attention(LN(x)), then x + feed-forward(LN(x)): the pre-LayerNorm decoder block."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = FeedForward(config)          # "mlp", as in GPT-2's weight names
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -201,7 +156,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count. ``non_embedding``: leave out the position embeddings (the token
         embeddings stay in: they are tied to the output layer, whose matmul does cost FLOPs)."""
-        count = sum(p.numel() for p in self.parameters())
+        count = count_parameters(self)
         if non_embedding:
             count -= self.wpe.weight.numel()
         return count
@@ -268,136 +223,3 @@ def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None,
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs
-
-
-# =============================================================================================
-# A BERT-style encoder (post-LayerNorm) that loads the real all-MiniLM-L6-v2 weights
-# =============================================================================================
-
-
-@dataclass
-class BertConfig:
-    vocab_size: int = 30522
-    hidden_size: int = 384
-    n_layer: int = 6
-    n_head: int = 12
-    intermediate_size: int = 1536
-    max_position: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    fused_attention: bool = True
-
-
-class BertLayer(nn.Module):
-    """x = LN(x + attention(x)); x = LN(x + FFN(x)): the post-LayerNorm encoder block."""
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        H = config.hidden_size
-        self.n_head, self.fused = config.n_head, config.fused_attention
-        self.query, self.key, self.value = nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, H)
-        self.attn_out = nn.Linear(H, H)
-        self.ln_attn = nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.ffn_in = nn.Linear(H, config.intermediate_size)
-        self.ffn_out = nn.Linear(config.intermediate_size, H)
-        self.ln_ffn = nn.LayerNorm(H, eps=config.layer_norm_eps)
-
-    def split_heads(self, x):                                               # (B, T, H)
-        B, T, H = x.shape
-        return x.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-
-    def forward(self, x, key_mask=None):
-        B, T, H = x.shape
-        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
-        y = attention(q, k, v, key_mask=key_mask, fused=self.fused)         # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, H)                              # (B, T, H)
-        x = self.ln_attn(x + self.attn_out(y))
-        return self.ln_ffn(x + self.ffn_out(F.gelu(self.ffn_in(x))))       # (B, T, H)
-
-
-class BertEncoder(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.ln_embeddings = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.layers = nn.ModuleList([BertLayer(config) for _ in range(config.n_layer)])
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        """input_ids, attention_mask (1 = token, 0 = padding): (B, T). Returns (B, T, hidden)."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}.")
-        B, T = input_ids.shape
-        if T > self.config.max_position:
-            raise ValueError(f"{T} tokens is longer than max_position={self.config.max_position}; "
-                             "truncate when tokenising (truncation=True).")
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(T, device=input_ids.device)
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-             + self.token_type_embeddings(token_type_ids))                  # (B, T, H)
-        x = self.ln_embeddings(x)
-        key_mask = attention_mask.bool() if attention_mask is not None else None
-        for layer in self.layers:
-            x = layer(x, key_mask)
-        return x
-
-    def sentence_embeddings(self, input_ids, attention_mask):
-        """Mean of the token embeddings over real tokens, scaled to unit length: (B, hidden)."""
-        return F.normalize(mean_pool(self(input_ids, attention_mask), attention_mask), dim=-1)
-
-
-def mean_pool(hidden, attention_mask):
-    """Average (B, T, H) over the tokens where attention_mask is 1: (B, H)."""
-    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)                 # (B, T, 1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-
-
-# Our names -> the names in the Hugging Face BERT checkpoint
-_BERT_NAMES = {
-    "word_embeddings.weight": "embeddings.word_embeddings.weight",
-    "position_embeddings.weight": "embeddings.position_embeddings.weight",
-    "token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
-    "ln_embeddings.weight": "embeddings.LayerNorm.weight",
-    "ln_embeddings.bias": "embeddings.LayerNorm.bias",
-}
-_BERT_LAYER_NAMES = {
-    "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-    "attn_out": "attention.output.dense", "ln_attn": "attention.output.LayerNorm",
-    "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ln_ffn": "output.LayerNorm",
-}
-
-
-def load_minilm(path=None, fused_attention: bool = True) -> BertEncoder:
-    """Build a BertEncoder from a Hugging Face BERT folder (default: lm4f.data.minilm_path())."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    if path is None:
-        from lm4f.data import minilm_path
-
-        path = minilm_path()
-    path = Path(path)
-    hf = json.loads((path / "config.json").read_text())
-    config = BertConfig(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-                        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
-                        intermediate_size=hf["intermediate_size"],
-                        max_position=hf["max_position_embeddings"],
-                        type_vocab_size=hf["type_vocab_size"], layer_norm_eps=hf["layer_norm_eps"],
-                        fused_attention=fused_attention)
-    checkpoint = load_file(str(path / "model.safetensors"))
-    model = BertEncoder(config)
-    state = {}
-    for ours in model.state_dict():
-        if ours.startswith("layers."):
-            _, index, module, kind = ours.split(".")                        # layers.3.query.weight
-            theirs = f"encoder.layer.{index}.{_BERT_LAYER_NAMES[module]}.{kind}"
-        else:
-            theirs = _BERT_NAMES[ours]
-        state[ours] = checkpoint[theirs]
-    model.load_state_dict(state)
-    return model.eval()

@@ -1,4 +1,4 @@
-"""lm4f.transformer, lm4f.training and lm4f.text: shapes, causality, fused == plain, sampling
+"""lm4f.gpt, lm4f.bert, lm4f.attention, lm4f.training and lm4f.text: shapes, causality, fused == plain, sampling
 knobs, FLOPs, the training loop's hook and schedule, checkpoint resume, and the real MiniLM
 weights in our encoder against transformers."""
 
@@ -9,7 +9,9 @@ import torch
 
 from lm4f.text import CharTokenizer, encode_corpus, get_batch, review_corpus
 from lm4f.training import load_checkpoint, lr_at, make_optimizer, peak_flops, save_checkpoint, train_steps
-from lm4f.transformer import GPT, GPTConfig, attention, load_minilm, next_token_probs
+from lm4f.attention import attention
+from lm4f.bert import load_bert
+from lm4f.gpt import GPT, GPTConfig, next_token_probs
 
 CONFIG = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=32)
 
@@ -198,19 +200,10 @@ def test_minilm_in_our_encoder_matches_transformers():
     with torch.no_grad():
         reference = AutoModel.from_pretrained(folder).eval()(**batch).last_hidden_state
         for fused in (True, False):
-            ours = load_minilm(fused_attention=fused)(batch["input_ids"], batch["attention_mask"])
+            ours = load_bert(fused_attention=fused)(batch["input_ids"], batch["attention_mask"])
             assert (ours - reference)[real].abs().max().item() < 1e-5
-        encoder = load_minilm()
+        encoder = load_bert()
         mine = encoder.sentence_embeddings(batch["input_ids"], batch["attention_mask"])
     theirs = SentenceTransformer(folder, device="cpu").encode(sentences, convert_to_tensor=True)
     assert (mine - theirs).abs().max().item() < 1e-5
     assert torch.allclose(mine.norm(dim=-1), torch.ones(3), atol=1e-6)
-
-
-def test_training_names_still_importable_from_transformer():
-    # Notebooks written before lm4f.training existed import these from lm4f.transformer: same objects.
-    import lm4f.training
-    import lm4f.transformer
-
-    for name in lm4f.training.__all__:
-        assert getattr(lm4f.transformer, name) is getattr(lm4f.training, name), name
