@@ -190,7 +190,8 @@ def literature_page() -> str:
            "The book's appendix C recommends two books, two papers and three websites, and gets one title",
            "wrong: it cites BERT as \"Pre-training of Deep **Neural Networks** for Language Understanding\"; the",
            "paper is *BERT: Pre-training of Deep **Bidirectional Transformers** for Language Understanding*",
-           "(Devlin et al., 2019). Below, each paper the course relies on is listed with the notebook where you",
+           "(Devlin et al., 2019); draft 003's reading list (§7.3.1) repeats the same wrong title. Below, each",
+           "paper the course relies on is listed with the notebook where you",
            "run what it introduced. Where a chapter's notebook is not part of the course yet, the section",
            "number is given without a link. Full citations are in [appendix G](appG_references.md).", ""]
     for section, papers in PAPERS:
