@@ -23,6 +23,7 @@ Conventions
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -201,11 +202,10 @@ GPUS = {
                     "NVIDIA Ada whitepaper: fp16/bf16 with fp32 accumulate 165.2 dense", r"4090"),
 }
 
+
 def gpu_for_device(device_name: str) -> GPU | None:
     """The ``GPUS`` entry for a name such as ``torch.cuda.get_device_name()`` gives
     ("NVIDIA H100 80GB HBM3" -> H100 SXM, "Tesla T4" -> T4), or None for a card not in the table."""
-    import re
-
     return next((g for g in GPUS.values() if g.device_pattern and re.search(g.device_pattern, device_name)), None)
 
 
